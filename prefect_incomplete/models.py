@@ -91,6 +91,8 @@ class FailedStep(BaseModel):
     message: str
     traceback: str
     inputs: dict[str, Encoded]
+    edited: list[str] = []
+    """Inputs a person corrected; a resume passes these to the step."""
 
 
 class StepOutput(BaseModel):

@@ -1,0 +1,223 @@
+"""Turn step inputs and outputs into stored values, and back.
+
+A value is stored as JSON when JSON gives it back unchanged; otherwise through
+Prefect's `PickleSerializer` (cloudpickle, base64), unless pickle is refused by
+the ``allow_pickle`` setting. Loading a pickle runs code, so only load a store
+you trust: that is why the setting exists.
+
+Every stored value also gets a *preview*: short, with secrets redacted, safe
+to show. Redacted are pydantic `SecretStr`/`SecretBytes`, Prefect `Secret`
+blocks, and the value of any mapping key or parameter name that looks like a
+credential (password, token, secret, api key, authorization, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, SecretBytes, SecretStr
+
+from prefect_incomplete.models import Encoded
+from prefect_incomplete.settings import get_settings
+
+__all__ = [
+    "REDACTED",
+    "ValueTooLarge",
+    "decode",
+    "encode",
+    "is_secret_name",
+    "preview",
+]
+
+REDACTED = "**********"
+PREVIEW_CHARS = 300
+
+_SECRET_NAME = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|api[-_ ]?key|apikey|auth|credential|"
+    r"private[-_ ]?key|session[-_ ]?id|cookie|signature",
+    re.IGNORECASE,
+)
+
+
+class ValueTooLarge(ValueError):
+    """A value is larger than the store accepts."""
+
+
+class PickleRefused(ValueError):
+    """A stored value is a pickle and the settings refuse to load pickles."""
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a key or parameter called `name` is treated as a credential."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def encode(value: Any, *, name: str = "", what: str = "value") -> Encoded:
+    """Store `value`; `name` (a parameter or key) decides redaction of the preview.
+
+    Raises `ValueTooLarge`, naming `what`, when the stored form is larger than
+    the ``max_value_bytes`` setting.
+    """
+    settings = get_settings()
+    text = preview(value, name=name)
+    fmt, payload = _payload(value, allow_pickle=settings.allow_pickle)
+
+    size = len(payload)
+    if size > settings.max_value_bytes:
+        raise ValueTooLarge(
+            f"{what} takes {size} bytes stored, over the limit of "
+            f"{settings.max_value_bytes} (PREFECT_INCOMPLETE_MAX_VALUE_BYTES); "
+            "pass a reference (a path or an id) instead of the data"
+        )
+
+    digest = hashlib.sha256(f"{fmt}:{payload}".encode()).hexdigest()
+    return Encoded(format=fmt, payload=payload, preview=text, fingerprint=digest)
+
+
+def decode(encoded: Encoded) -> Any:
+    """The value back from its stored form.
+
+    Raises `PickleRefused` for a pickle when pickles are refused, and
+    `LookupError` for a value that was never stored.
+    """
+    if encoded.format == "json":
+        return json.loads(encoded.payload)
+    if encoded.format == "pickle":
+        if not get_settings().allow_pickle:
+            raise PickleRefused(
+                "this value was stored with pickle and PREFECT_INCOMPLETE_ALLOW_PICKLE "
+                "is false; loading it would run code"
+            )
+        from prefect.serializers import PickleSerializer
+
+        return PickleSerializer().loads(encoded.payload.encode())
+    raise LookupError("this value was not stored (pickle was refused when it was)")
+
+
+def fingerprint(value: Any) -> str:
+    """The fingerprint `encode` would give `value`, without the size limit."""
+    fmt, payload = _payload(value, allow_pickle=get_settings().allow_pickle)
+    return hashlib.sha256(f"{fmt}:{payload}".encode()).hexdigest()
+
+
+def _payload(value: Any, *, allow_pickle: bool) -> tuple[str, str]:
+    text = _json_or_none(value)
+    if text is not None:
+        return "json", text
+    if not allow_pickle:
+        return "none", ""
+
+    from prefect.serializers import PickleSerializer
+
+    return "pickle", PickleSerializer().dumps(value).decode()
+
+
+def _json_or_none(value: Any) -> str | None:
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+    try:
+        same = json.loads(text) == value and _same_types(json.loads(text), value)
+    except Exception:  # an __eq__ of the user's may raise anything
+        return None
+    return text if same else None
+
+
+def _same_types(loaded: Any, value: Any) -> bool:
+    if type(loaded) is not type(value):
+        return False
+    if isinstance(value, dict):
+        return all(_same_types(loaded[k], v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_same_types(a, b) for a, b in zip(loaded, value, strict=True))
+    return True
+
+
+def preview(value: Any, *, name: str = "") -> str:
+    """A short, redacted text of `value` for people."""
+    if name and is_secret_name(name):
+        return REDACTED
+    text = _render(_redacted(value))
+    if len(text) > PREVIEW_CHARS:
+        text = text[: PREVIEW_CHARS - 1] + "…"
+    return text
+
+
+def _redacted(value: Any) -> Any:
+    if _is_secret_value(value):
+        return _Redacted()
+    if isinstance(value, BaseModel):
+        fields = {k: getattr(value, k, None) for k in type(value).model_fields}
+        return _Named(type(value).__name__, _redacted(fields))
+    if isinstance(value, Mapping):
+        return {
+            k: _Redacted() if isinstance(k, str) and is_secret_name(k) else _redacted(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_redacted(v) for v in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    return value
+
+
+def _is_secret_value(value: Any) -> bool:
+    if isinstance(value, SecretStr | SecretBytes):
+        return True
+    cls = type(value)
+    return cls.__name__ == "Secret" and cls.__module__.startswith("prefect.blocks")
+
+
+class _Redacted:
+    def __repr__(self) -> str:
+        return REDACTED
+
+
+class _Named:
+    def __init__(self, name: str, fields: Any) -> None:
+        self.name, self.fields = name, fields
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.fields.items())
+        return f"{self.name}({inner})"
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    try:
+        return repr(value)
+    except Exception:  # a user's __repr__ may raise anything
+        return f"<{type(value).__name__}>"
+
+
+def resolve_futures(parameters: dict[str, Any]) -> dict[str, Any]:
+    """`parameters` with every Prefect future replaced by its result."""
+    from prefect.futures import PrefectFuture
+    from prefect.utilities.collections import visit_collection
+
+    def visit(expr: Any) -> Any:
+        if isinstance(expr, PrefectFuture):
+            return expr.result(raise_on_failure=False)
+        return expr
+
+    return {
+        name: visit_collection(value, visit_fn=visit, return_data=True)
+        for name, value in parameters.items()
+    }
+
+
+def combine_fingerprints(fingerprints: Mapping[str, str]) -> str:
+    """One fingerprint for a step's inputs, from each input's fingerprint."""
+    joined = "|".join(f"{name}={fp}" for name, fp in sorted(fingerprints.items()))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def fingerprint_parameters(parameters: dict[str, Any]) -> str:
+    """The fingerprint of a step's inputs as `encode` would store them."""
+    resolved = resolve_futures(parameters)
+    return combine_fingerprints({k: fingerprint(v) for k, v in resolved.items()})

@@ -1,0 +1,142 @@
+"""Settings, read from ``PREFECT_INCOMPLETE_*`` environment variables.
+
+Each field's description is its user documentation; the README's settings
+table lists the same fields. Read them with `get_settings()`, which reads the
+environment again whenever a ``PREFECT_INCOMPLETE_*`` variable has changed,
+so tests and long-running workers see what is set now.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "default_database_url", "get_settings"]
+
+PREFIX = "PREFECT_INCOMPLETE_"
+
+DEFAULT_AUTO_RETRY_SCHEDULE = (60, 600, 600, 1800, 1800, 1800, 10800, 10800)
+"""Seconds between automatic retries of a stored record, as on the platforms."""
+
+
+class Settings(BaseSettings):
+    """Every setting of the plugin, with its default."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL of the record store. Unset: SQLite at "
+            "PREFECT_HOME/incomplete.db, created on first use. Use PostgreSQL "
+            "(postgresql+psycopg://...) when several workers share the store."
+        ),
+    )
+    store: bool = Field(
+        default=True,
+        description=(
+            "Store incomplete executions. False: a failure that would be stored "
+            "fails the run as an unclassified error would; retries still apply."
+        ),
+    )
+    testing: bool = Field(
+        default=False,
+        description=(
+            "For your own test suites: every retry delay is zero and, unless "
+            "database_url is set, records go to an in-memory SQLite store."
+        ),
+    )
+    policies: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description=(
+            'Retry policy overrides per kind, as JSON: {"RateLimitError": '
+            '{"attempts": 5, "delay": 2}}. Fields: attempts, delay, backoff, '
+            "max_delay, jitter."
+        ),
+    )
+    allow_pickle: bool = Field(
+        default=True,
+        description=(
+            "Store values that JSON cannot hold with Prefect's pickle serializer "
+            "(loading pickled data runs code: only load a store you trust). "
+            "False: such values are not stored; a resume runs their step again, "
+            "and pickled values already stored are never loaded."
+        ),
+    )
+    max_value_bytes: int = Field(
+        default=1_000_000,
+        ge=1,
+        description=(
+            "Largest stored input or output value, in bytes. A larger value "
+            "fails the store with an error naming the step."
+        ),
+    )
+    auto_retry_schedule: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_AUTO_RETRY_SCHEDULE),
+        description=(
+            "Seconds before each automatic retry of a stored record, as a JSON "
+            "list. When it is used up, the record waits for a person."
+        ),
+    )
+    auto_retry_concurrency: int = Field(
+        default=3,
+        ge=1,
+        description="Most resumes of one flow that run at once.",
+    )
+    lease_seconds: float = Field(
+        default=3600,
+        gt=0,
+        description=(
+            "How long a resume's claim on a record lasts without renewal. A "
+            "claim whose run died can be taken again after this time."
+        ),
+    )
+
+    @field_validator("policies")
+    @classmethod
+    def _known_kinds(
+        cls, value: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        from prefect_incomplete.errors import kind_named
+
+        for name in value:
+            kind_named(name)
+        return value
+
+    @field_validator("auto_retry_schedule")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("auto_retry_schedule delays must be >= 0 seconds")
+        return value
+
+
+_cache: tuple[tuple[tuple[str, str], ...], Settings] | None = None
+
+
+def get_settings() -> Settings:
+    """The current settings, read again only when the environment changed."""
+    global _cache
+    snapshot = tuple(
+        sorted((k, v) for k, v in os.environ.items() if k.startswith(PREFIX))
+    )
+    if _cache is None or _cache[0] != snapshot:
+        _cache = (snapshot, Settings())
+    return _cache[1]
+
+
+def default_database_url(settings: Settings | None = None) -> str:
+    """The store's URL: the setting, or SQLite under PREFECT_HOME."""
+    settings = settings or get_settings()
+    if settings.database_url:
+        return settings.database_url
+    if settings.testing:
+        return "sqlite://"
+    from prefect.settings import get_current_settings
+
+    home = Path(get_current_settings().home).expanduser()
+    return f"sqlite:///{home / 'incomplete.db'}"
