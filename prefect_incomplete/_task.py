@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 from prefect import Task
 from prefect.client.schemas.objects import State, TaskRun
@@ -44,7 +44,9 @@ logger = logging.getLogger("prefect_incomplete")
 _FIRST_MARK = "prefect-incomplete:first-step-taken"
 """Marks, in a flow run's context, that its first task run has started."""
 
-_next_delay: ContextVar[float] = ContextVar("prefect_incomplete_next_delay", default=0.0)
+_next_delay: ContextVar[float] = ContextVar(
+    "prefect_incomplete_next_delay", default=0.0
+)
 
 
 class _DelaySchedule(list[float]):
@@ -81,7 +83,7 @@ class ResumableTask(Task[Any, Any]):
 
     _incomplete: TaskConfig
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self,
         *args: Any,
         return_state: bool = False,
@@ -105,21 +107,30 @@ class ResumableTask(Task[Any, Any]):
         task_run_id = uuid4()
         if step is not None:
             step.task_run_id = task_run_id
-        outcome = run_task(
-            task=target,
-            task_run_id=task_run_id,
-            parameters=parameters,
-            wait_for=wait_for,
-            return_type="state" if return_state else "result",
-        )
+        try:
+            outcome = run_task(
+                task=target,
+                task_run_id=task_run_id,
+                parameters=parameters,
+                wait_for=wait_for,
+                return_type="state" if return_state else "result",
+            )
+        except Exception as exc:
+            if step is not None:
+                step.fail(exc)
+            raise
         if step is None:
             return outcome
         if self.isasync:
             return _observe_async(step, outcome, return_state)
         return _observe(step, outcome, return_state)
 
-    def submit(  # type: ignore[override]
-        self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
+    def submit(
+        self,
+        *args: Any,
+        return_state: bool = False,
+        wait_for: Any = None,
+        **kwargs: Any,
     ) -> Any:
         context = FlowRunContext.get()
         if context is None or TaskRunContext.get() is not None:
@@ -136,7 +147,7 @@ class ResumableTask(Task[Any, Any]):
             return future.state
         return future
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         *args: Any,
         return_state: bool = False,
@@ -169,7 +180,7 @@ class ResumableTask(Task[Any, Any]):
             for name, value in parameters.items()
         }
         parameters = resolve_inputs_sync(parameters, max_depth=0)
-        futures = PrefectFutureList(
+        futures: PrefectFutureList[Any] = PrefectFutureList(  # type: ignore[abstract]
             self._submit_step(context, item, wait_for, dependencies)
             for item in expand_mapping_parameters(self.fn, parameters)
         )
@@ -178,7 +189,7 @@ class ResumableTask(Task[Any, Any]):
             return [future.state for future in futures]
         return futures
 
-    def with_options(self, **options: Any) -> ResumableTask:  # type: ignore[override]
+    def with_options(self, **options: Any) -> ResumableTask:
         config = self._incomplete
         changed: dict[str, Any] = {}
         if "retries" in options:
@@ -237,7 +248,7 @@ class ResumableTask(Task[Any, Any]):
             return outcome if return_state else step.output
 
         async def replayed() -> Any:
-            state = await outcome
+            state = await cast(Any, outcome)
             return state if return_state else step.output
 
         return replayed()
@@ -359,11 +370,11 @@ def _install(task: Task[Any, Any], config: TaskConfig) -> ResumableTask:
         raise ValueError(f"task {task.name!r}: a step name cannot be empty")
 
     attempts = config.max_attempts()
-    new = Task.with_options(
+    new: Any = Task.with_options(
         task,
         retries=attempts,
         retry_delay_seconds=_DelaySchedule([0.0] * max(attempts, 1)),
-        retry_jitter_factor=None,
+        retry_jitter_factor=cast(Any, None),
         retry_condition_fn=_should_retry,
     )
     new.__class__ = ResumableTask
@@ -397,10 +408,10 @@ def _should_retry(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) ->
     kind = detail.kind
     if not kind.retryable():
         log.info(
-            "%s: %s (%s), not retried: it waits for a person",
+            "%s: %s%s, not retried: it waits for a person",
             task.name,
             kind.__name__,
-            detail.rule,
+            _why(detail),
         )
         return False
 
@@ -425,23 +436,31 @@ def _user_allows(
         if hasattr(allowed, "__await__"):
             allowed = run_coro_as_sync(allowed)
         if not allowed:
-            log.info("%s: not retried: the task's own retry condition said no", task.name)
+            log.info(
+                "%s: not retried: the task's own retry condition said no", task.name
+            )
             return False
 
     delay = _delay(config, detail, retry)
     _next_delay.set(delay)
     kind = detail.kind.__name__ if detail else "unclassified failure"
-    why = f" ({detail.rule})" if detail else ""
     log.info(
         "%s: %s%s, retry %d of %d in %.1f s",
         task.name,
         kind,
-        why,
+        _why(detail),
         retry,
         config.attempts_for(detail.kind) if detail else config.user_retries or 0,
         delay,
     )
     return True
+
+
+def _why(detail: Classification | None) -> str:
+    """The rule that chose the kind, unless the exception was the kind itself."""
+    if detail is None or isinstance(detail.exception, StepError):
+        return ""
+    return f" ({detail.rule})"
 
 
 def _delay(config: TaskConfig, detail: Classification | None, retry: int) -> float:
@@ -464,4 +483,3 @@ def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return get_run_logger()
     except MissingContextError:
         return logger
-

@@ -1,0 +1,230 @@
+"""Resumable flows: the wrapper that turns a failed step into a record.
+
+`make_resumable_flow` wraps the flow's function and builds a new `Flow` with
+every option of the old one. The wrapper:
+
+1. opens the run's ledger (and, for a resume, loads the record it resumes
+   and takes over the claim on it);
+2. calls the user's function;
+3. on success of a resume, marks the record resolved;
+4. on failure, decides whether the failure is an incomplete execution: the
+   exception must be the failure of a resumable step that was not the first
+   step, its kind must be a known one, and the flow's own retries must be
+   used up. Then the record is stored (or, for a resume, updated) and the
+   run ends in a ``Failed`` state named ``Incomplete``. Otherwise the
+   exception goes on as it would without the plugin.
+
+The wrapper adds one keyword parameter, ``incomplete_execution_id``, so that a
+deployment run (from `run_deployment`, a trigger, or the UI's custom-run form)
+can say which record it resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from prefect import Flow
+from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
+from prefect.states import Failed
+
+from prefect_incomplete._ledger import Ledger, Step, current_ledger
+
+__all__ = ["RESUME_PARAMETER", "FlowConfig", "PendingResume", "make_resumable_flow"]
+
+logger = logging.getLogger("prefect_incomplete")
+
+RESUME_PARAMETER = "incomplete_execution_id"
+CLAIM_TAG_PREFIX = "prefect-incomplete-claim:"
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """What `resumable` was told about one flow."""
+
+    store: bool | None = None
+    """Store incomplete executions; None follows the setting."""
+
+    auto_retry_schedule: tuple[float, ...] | None = None
+    """Seconds between automatic retries; None follows the setting."""
+
+
+@dataclass(frozen=True)
+class PendingResume:
+    """A resume started in this process: the record and the claim's holder."""
+
+    record_id: UUID
+    claim: str
+    parameters_override: dict[str, Any] | None = None
+    step_edits: dict[str, dict[str, Any]] | None = None
+
+
+pending_resume: ContextVar[PendingResume | None] = ContextVar(
+    "prefect_incomplete_pending_resume", default=None
+)
+
+
+def make_resumable_flow(flow: Flow[Any, Any], config: FlowConfig) -> Flow[Any, Any]:
+    """A copy of `flow` whose runs keep a ledger and store incomplete executions."""
+    original = getattr(flow.fn, "__prefect_incomplete_original__", flow.fn)
+    try:
+        signature = inspect.signature(original, eval_str=True)
+    except Exception:  # annotations that do not evaluate: Prefect copes with strings
+        signature = inspect.signature(original)
+    if RESUME_PARAMETER in signature.parameters:
+        raise ValueError(
+            f"flow {flow.name!r} has a parameter named {RESUME_PARAMETER!r}, which "
+            "resumable flows use to name the record they resume; rename it"
+        )
+
+    wrapper = _wrap(original, flow, config)
+    wrapper.__signature__ = _with_resume_parameter(signature)  # type: ignore[attr-defined]
+    wrapper.__prefect_incomplete_original__ = original  # type: ignore[attr-defined]
+    wrapper.__prefect_incomplete_config__ = config  # type: ignore[attr-defined]
+
+    shell = copy.copy(flow)
+    shell.fn = wrapper
+    new = shell.with_options()
+    new._entrypoint = flow._entrypoint
+    return new
+
+
+def _with_resume_parameter(signature: inspect.Signature) -> inspect.Signature:
+    extra = inspect.Parameter(
+        RESUME_PARAMETER,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation="str | None",
+    )
+    parameters = list(signature.parameters.values())
+    var_keyword = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
+    others = [p for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    return signature.replace(parameters=[*others, extra, *var_keyword])
+
+
+def _wrap(
+    original: Callable[..., Any], flow: Flow[Any, Any], config: FlowConfig
+) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(original):
+
+        @functools.wraps(original)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            record_id = kwargs.pop(RESUME_PARAMETER, None)
+            run = _Run.begin(config, original, record_id)
+            token = current_ledger.set(run.ledger)
+            try:
+                args, kwargs = run.arguments(args, kwargs)
+                result = await original(*args, **kwargs)
+            except Exception as exc:
+                return run.failed(exc)
+            finally:
+                current_ledger.reset(token)
+            run.succeeded()
+            return result
+
+        return run_async
+
+    @functools.wraps(original)
+    def run_sync(*args: Any, **kwargs: Any) -> Any:
+        record_id = kwargs.pop(RESUME_PARAMETER, None)
+        run = _Run.begin(config, original, record_id)
+        token = current_ledger.set(run.ledger)
+        try:
+            args, kwargs = run.arguments(args, kwargs)
+            result = original(*args, **kwargs)
+        except Exception as exc:
+            return run.failed(exc)
+        finally:
+            current_ledger.reset(token)
+        run.succeeded()
+        return result
+
+    return run_sync
+
+
+class _Run:
+    """One run of a resumable flow, as the wrapper sees it."""
+
+    def __init__(
+        self,
+        config: FlowConfig,
+        original: Callable[..., Any],
+        ledger: Ledger,
+        context: FlowRunContext | None,
+    ) -> None:
+        self.config = config
+        self.original = original
+        self.ledger = ledger
+        self.context = context
+
+    @classmethod
+    def begin(
+        cls, config: FlowConfig, original: Callable[..., Any], record_id: Any
+    ) -> _Run:
+        context = FlowRunContext.get()
+        ledger = Ledger()
+        pending = pending_resume.get()
+        if pending is not None:
+            pending_resume.set(None)
+        if record_id or pending is not None:
+            from prefect_incomplete._resuming import take_over
+
+            take_over(ledger, context, record_id, pending)
+        return cls(config, original, ledger, context)
+
+    def arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """What to call the flow's function with: a resume takes the record's
+        parameters (with any edits), whatever the run was started with."""
+        if self.ledger.parameters is None:
+            return args, kwargs
+        return (), dict(self.ledger.parameters)
+
+    def succeeded(self) -> None:
+        if self.ledger.record is None:
+            return
+        from prefect_incomplete._resuming import resolved
+
+        resolved(self.ledger, self.context)
+
+    def failed(self, exc: Exception) -> State[Any]:
+        """The run's final state for `exc`; raises `exc` when nothing is stored."""
+        from prefect_incomplete._recording import store_failure
+
+        step = self._step_that_failed(exc)
+        state = store_failure(self.ledger, self.context, self.config, exc, step)
+        if state is None:
+            if self.ledger.record is not None:
+                from prefect_incomplete._resuming import release
+
+                release(self.ledger, self.context)
+            raise exc
+        return state
+
+    def _step_that_failed(self, exc: Exception) -> Step | None:
+        """The step whose failure reached the flow body as `exc`, if any."""
+        from prefect.exceptions import UpstreamTaskError
+
+        failed = [s for s in self.ledger.settled() if s.exception is not None]
+        for step in failed:
+            if step.exception is exc:
+                return step
+        for step in failed:
+            same = type(step.exception) is type(exc) and str(step.exception) == str(exc)
+            if same or isinstance(exc, UpstreamTaskError):
+                return step
+        return None
+
+
+def incomplete_state(message: str, exc: BaseException) -> State[Any]:
+    """The final state of a run that stored a record."""
+    return Failed(name="Incomplete", message=message, data=exc)

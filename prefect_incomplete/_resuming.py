@@ -1,0 +1,174 @@
+"""The resumed run's side of a resume: take the claim, replay, resolve.
+
+A resume is a new flow run of the same flow. When it starts, the flow
+wrapper calls `take_over`: the run loads its record, takes over the claim
+that `resume()` made for it (or claims the record itself, when a trigger or
+the UI's custom-run form started it), and fills the ledger with the recorded
+outputs to replay, the corrected inputs, and the record's parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from prefect.context import FlowRunContext
+
+from prefect_incomplete._ledger import Ledger
+
+if TYPE_CHECKING:
+    from prefect_incomplete._flow import PendingResume
+
+__all__ = [
+    "ResumeRefused",
+    "parse_record_reference",
+    "release",
+    "resolved",
+    "take_over",
+]
+
+logger = logging.getLogger("prefect_incomplete")
+
+
+class ResumeRefused(RuntimeError):
+    """This run may not resume the record it names; it did no work."""
+
+
+def parse_record_reference(value: Any) -> str:
+    """A record id (or prefix) from a parameter, an event resource id or a UUID."""
+    text = str(value).strip()
+    return text.removeprefix("prefect-incomplete.record.")
+
+
+def take_over(
+    ledger: Ledger,
+    context: FlowRunContext | None,
+    record_reference: Any,
+    pending: PendingResume | None,
+) -> None:
+    """Claim the record for this run and fill `ledger` with what it replays."""
+    from prefect_incomplete._flow import CLAIM_TAG_PREFIX
+    from prefect_incomplete.settings import get_settings
+    from prefect_incomplete.store import ClaimRefused, Store
+
+    if context is None or context.flow_run is None:
+        raise ResumeRefused("a resume must run as a Prefect flow run")
+    flow_run = context.flow_run
+    store = Store()
+    lease = get_settings().lease_seconds
+
+    token: str | None
+    if pending is not None:
+        record_id, token = pending.record_id, pending.claim
+    else:
+        record_id = store.get(parse_record_reference(record_reference)).id
+        tags = [t for t in flow_run.tags if t.startswith(CLAIM_TAG_PREFIX)]
+        token = tags[0].removeprefix(CLAIM_TAG_PREFIX) if tags else None
+
+    holder = str(flow_run.id)
+    if token is not None:
+        if not store.transfer_claim(record_id, token, holder, lease_seconds=lease):
+            raise ResumeRefused(
+                f"the claim on incomplete execution {str(record_id)[:8]} was lost "
+                "(its lease expired and another resume took it); this run did nothing"
+            )
+    else:
+        try:
+            store.claim(record_id, holder, lease_seconds=lease)
+        except ClaimRefused as exc:
+            raise ResumeRefused(f"{exc}; this run did nothing") from exc
+
+    record = store.get(record_id)
+    _fill(ledger, record)
+    _log(context).info(
+        "Resuming incomplete execution %s (attempt %d): %d step(s) to replay",
+        record.short_id,
+        record.attempts + 1,
+        len(ledger.replay),
+    )
+    from prefect_incomplete.artifacts import publish
+
+    publish(record, "resumed", flow_run_id=flow_run.id, store=store)
+
+
+def _fill(ledger: Ledger, record: Any) -> None:
+    from prefect_incomplete._serialize import decode
+
+    ledger.record = record
+    ledger.replay = {step.key: step for step in record.completed_steps}
+    ledger.edits = {
+        step.key: {name: decode(step.inputs[name]) for name in step.edited}
+        for step in record.failed_steps
+        if step.edited
+    }
+    try:
+        ledger.parameters = {k: decode(v) for k, v in record.parameters.items()}
+    except (LookupError, ValueError) as exc:
+        raise ResumeRefused(
+            f"the flow parameters of incomplete execution {record.short_id} cannot "
+            f"be loaded: {exc}"
+        ) from exc
+
+
+def resolved(ledger: Ledger, context: FlowRunContext | None) -> None:
+    """The resumed run succeeded: the record is resolved."""
+    from prefect_incomplete.artifacts import publish
+    from prefect_incomplete.store import Store, StoreError
+
+    record = ledger.record
+    flow_run_id = _flow_run_id(context)
+    assert record is not None
+    assert flow_run_id is not None
+    store = Store()
+    try:
+        done = store.resolve(record.id, flow_run_id=flow_run_id)
+    except StoreError as exc:
+        _log(context).error(
+            "The run succeeded but incomplete execution %s could not be marked "
+            "resolved: %s. Discard it with: prefect-incomplete discard %s",
+            record.short_id,
+            exc,
+            record.short_id,
+        )
+        return
+    _log(context).info("Incomplete execution %s resolved", done.short_id)
+    publish(done, "resolved", flow_run_id=flow_run_id, store=store)
+
+
+def release(ledger: Ledger, context: FlowRunContext | None) -> None:
+    """The resumed run failed in a way that stores nothing: give the claim back."""
+    from prefect_incomplete.models import Status
+    from prefect_incomplete.store import Store, StoreError
+
+    record = ledger.record
+    flow_run_id = _flow_run_id(context)
+    assert record is not None
+    try:
+        Store().release(record.id, str(flow_run_id), status=Status.UNRESOLVED)
+    except StoreError as exc:
+        _log(context).error(
+            "Could not release incomplete execution %s: %s", record.short_id, exc
+        )
+        return
+    _log(context).warning(
+        "The resume of incomplete execution %s failed with an error that is not "
+        "stored; the record waits for a person again",
+        record.short_id,
+    )
+
+
+def _flow_run_id(context: FlowRunContext | None) -> UUID | None:
+    if context is None or context.flow_run is None:
+        return None
+    return context.flow_run.id
+
+
+def _log(
+    context: FlowRunContext | None,
+) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    from prefect.logging import get_run_logger
+
+    if context is None:
+        return logger
+    return get_run_logger(context)
