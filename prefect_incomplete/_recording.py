@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import traceback
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 
+from prefect_incomplete import _clock
 from prefect_incomplete._classify import classify
 from prefect_incomplete._ledger import COMPLETED, REPLAYED, Ledger, Step
 from prefect_incomplete.errors import Disposition
@@ -207,7 +208,7 @@ def _new_record(
 
     flow_run = context.flow_run
     assert flow_run is not None
-    now = datetime.now(UTC)
+    now = _clock.now()
     disposition = _disposition(failed)
     retry_at = next_retry(config, disposition, 1, now)
     return IncompleteExecution(
@@ -242,7 +243,7 @@ def _update_record(
     flow_run = context.flow_run
     assert flow_run is not None
     disposition = _disposition(failed)
-    retry_at = next_retry(config, disposition, record.attempts + 1, datetime.now(UTC))
+    retry_at = next_retry(config, disposition, record.attempts + 1, _clock.now())
     updated: IncompleteExecution = store.record_failure(
         record.id,
         flow_run_id=flow_run.id,

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
@@ -480,7 +480,9 @@ def retry_due(
     from prefect_incomplete.store import Store
 
     store = store or Store()
-    now = now or datetime.now(UTC)
+    from prefect_incomplete import _clock
+
+    now = now or _clock.now()
     concurrency = get_settings().auto_retry_concurrency
     outcomes: list[ResumeStarted | ResumeError] = []
     for record in store.due(now=now, limit=limit):

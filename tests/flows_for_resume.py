@@ -1,0 +1,98 @@
+"""Flows that the resume tests import by entrypoint, as a resume does.
+
+Module-level state lets a test decide which steps fail and count how often
+each step's function really ran.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from prefect import flow, task
+
+from prefect_incomplete import errors, resumable
+
+CALLS: Counter[str] = Counter()
+RECEIVED: list[dict[str, Any]] = []
+BROKEN_PUSH: set[int] = set()
+SLOW_PUSH_SECONDS = [0.0]
+
+
+def reset() -> None:
+    """Forget every call and failure switch."""
+    CALLS.clear()
+    RECEIVED.clear()
+    BROKEN_PUSH.clear()
+    SLOW_PUSH_SECONDS[0] = 0.0
+
+
+@resumable
+@task
+def fetch(day: str) -> list[dict[str, Any]]:
+    CALLS["fetch"] += 1
+    return [{"id": 1, "qty": 1}, {"id": 2, "qty": 0}, {"id": 3, "qty": 2}]
+
+
+@resumable
+@task
+def price(order: dict[str, Any]) -> dict[str, Any]:
+    CALLS[f"price-{order['id']}"] += 1
+    if order["qty"] <= 0:
+        raise errors.DataError(f"order {order['id']}: quantity must be positive")
+    return {**order, "total": order["qty"] * 10}
+
+
+@resumable
+@task
+def push(priced: dict[str, Any]) -> str:
+    CALLS[f"push-{priced['id']}"] += 1
+    RECEIVED.append(priced)
+    time.sleep(SLOW_PUSH_SECONDS[0])
+    if priced["id"] in BROKEN_PUSH:
+        raise errors.InvalidConfigurationError(f"no route for order {priced['id']}")
+    return f"pushed-{priced['id']}"
+
+
+@resumable
+@flow
+def orders(day: str = "2026-12-01") -> list[str]:
+    return [push(price(order)) for order in fetch(day)]
+
+
+@resumable
+@task
+async def price_async(order: dict[str, Any]) -> dict[str, Any]:
+    return price.fn(order)
+
+
+@resumable
+@flow
+async def orders_async(day: str = "2026-12-01") -> list[str]:
+    results = []
+    for order in fetch(day):
+        results.append(push(await price_async(order)))
+    return results
+
+
+@resumable
+@task
+def flaky_push(order: int) -> str:
+    CALLS[f"flaky-{order}"] += 1
+    if order in BROKEN_PUSH:
+        raise errors.ConnectionError(f"service down for order {order}")
+    return f"pushed-{order}"
+
+
+@resumable
+@task
+def order_ids() -> list[int]:
+    CALLS["order_ids"] += 1
+    return [1, 2]
+
+
+@resumable
+@flow
+def flaky_orders() -> list[str]:
+    return [flaky_push(order) for order in order_ids()]
