@@ -46,6 +46,13 @@ class Step:
     task_run_id: UUID | None = None
     future: PrefectFuture[Any] | None = None
     replayed_from: StepOutput | None = None
+    called_with: dict[str, Any] | None = None
+    """The inputs the flow passed, when a person's edits replaced some of them."""
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The inputs that identify the call for replay: the flow's, not the edits."""
+        return self.called_with if self.called_with is not None else self.parameters
 
     def complete(self, output: Any) -> None:
         self.outcome, self.output = COMPLETED, output
@@ -99,7 +106,10 @@ class Ledger:
                 position=len(self.steps),
             )
             self.steps.append(step)
-        parameters.update(self.edits.get(step.key, {}))
+        edits = self.edits.get(step.key)
+        if edits:
+            step.called_with = dict(parameters)
+            parameters.update(edits)
         return step
 
     def replay_for(self, step: Step) -> StepOutput | None:
@@ -109,7 +119,7 @@ class Ledger:
             return None
         from prefect_incomplete._serialize import fingerprint_parameters
 
-        if fingerprint_parameters(step.parameters) != recorded.inputs_fingerprint:
+        if fingerprint_parameters(step.identity) != recorded.inputs_fingerprint:
             return None
         return recorded
 

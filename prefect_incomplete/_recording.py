@@ -170,7 +170,7 @@ def _step_output(step: Step) -> StepOutput:
         key=step.key,
         task_name=step.task_name,
         task_run_id=step.task_run_id,
-        inputs_fingerprint=fingerprint_parameters(step.parameters),
+        inputs_fingerprint=fingerprint_parameters(step.identity),
         output=encode(step.output, what=f"output of step {step.key}"),
     )
 

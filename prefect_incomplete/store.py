@@ -289,6 +289,7 @@ class StepRow(Base):
     message: Mapped[str | None] = mapped_column(Text)
     traceback: Mapped[str | None] = mapped_column(Text)
     inputs: Mapped[str | None] = mapped_column(Text)
+    edited: Mapped[str | None] = mapped_column(Text)
     inputs_fingerprint: Mapped[str | None] = mapped_column(String)
     output: Mapped[str | None] = mapped_column(Text)
 
@@ -297,6 +298,7 @@ class StepRow(Base):
 
 _VALUES: Final = TypeAdapter(dict[str, Encoded])
 _VALUE: Final = TypeAdapter(Encoded)
+_NAMES: Final = TypeAdapter(list[str])
 
 
 def _now() -> datetime:
@@ -371,6 +373,7 @@ def _failed_values(step: FailedStep, position: int) -> dict[str, Any]:
         "message": step.message,
         "traceback": step.traceback,
         "inputs": _VALUES.dump_json(step.inputs).decode(),
+        "edited": _NAMES.dump_json(step.edited).decode(),
     }
 
 
@@ -430,6 +433,7 @@ def _to_failed(row: StepRow) -> FailedStep:
         message=row.message or "",
         traceback=row.traceback or "",
         inputs=_VALUES.validate_json(row.inputs or "{}"),
+        edited=_NAMES.validate_json(row.edited or "[]"),
     )
 
 
@@ -525,6 +529,9 @@ def _edit_inputs(row: ExecutionRow, edits: dict[str, dict[str, Encoded]]) -> Non
         step.inputs = _VALUES.dump_json(
             _VALUES.validate_json(step.inputs or "{}") | inputs
         ).decode()
+        edited = _NAMES.validate_json(step.edited or "[]")
+        edited += [name for name in inputs if name not in edited]
+        step.edited = _NAMES.dump_json(edited).decode()
 
 
 # --- engines, one per URL per process ---------------------------------------

@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 
@@ -45,3 +46,37 @@ def store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """The plugin's testing switch: every retry delay is zero."""
     monkeypatch.setenv("PREFECT_INCOMPLETE_TESTING", "true")
+
+
+POSTGRES_ENV = "PREFECT_INCOMPLETE_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A URL to a fresh schema of the test PostgreSQL database, dropped at the end."""
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(
+            f"PostgreSQL store tests are off: set {POSTGRES_ENV}, e.g. "
+            "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        )
+
+    from sqlalchemy import create_engine, make_url, text
+    from sqlalchemy.pool import NullPool
+
+    from prefect_incomplete import store as store_module
+
+    schema = f"prefect_incomplete_test_{uuid4().hex[:12]}"
+    admin = create_engine(base, poolclass=NullPool)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    options = {"options": f"-csearch_path={schema}"}
+    url = make_url(base).update_query_dict(options)
+    yield url.render_as_string(hide_password=False)
+
+    for database in store_module._databases.values():
+        if database.engine.url.query.get("options") == options["options"]:
+            database.engine.dispose()
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -47,32 +46,6 @@ T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
 # --- fixtures -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A URL to a fresh schema of the test PostgreSQL database, dropped at the end."""
-    base = os.environ.get(POSTGRES_ENV)
-    if not base:
-        pytest.skip(
-            f"PostgreSQL store tests are off: set {POSTGRES_ENV}, e.g. "
-            "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-        )
-
-    schema = f"prefect_incomplete_test_{uuid4().hex[:12]}"
-    admin = create_engine(base, poolclass=NullPool)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    options = {"options": f"-csearch_path={schema}"}
-    url = make_url(base).update_query_dict(options)
-    yield url.render_as_string(hide_password=False)
-
-    for database in store_module._databases.values():
-        if database.engine.url.query.get("options") == options["options"]:
-            database.engine.dispose()
-    with admin.begin() as connection:
-        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

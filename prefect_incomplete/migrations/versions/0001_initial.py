@@ -63,6 +63,7 @@ def upgrade() -> None:
         sa.Column("message", sa.Text(), nullable=True),
         sa.Column("traceback", sa.Text(), nullable=True),
         sa.Column("inputs", sa.Text(), nullable=True),
+        sa.Column("edited", sa.Text(), nullable=True),
         sa.Column("inputs_fingerprint", sa.String(), nullable=True),
         sa.Column("output", sa.Text(), nullable=True),
         sa.CheckConstraint(

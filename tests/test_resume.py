@@ -1,0 +1,391 @@
+"""Resuming incomplete executions: replay, edits, claims, triggers, auto-retry."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import flows_for_resume as flows
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.filters import FlowRunFilter as RunFilter
+
+from prefect_incomplete import Status, _clock
+from prefect_incomplete.resume import ResumeError, ResumeStarted, resume, retry_due
+from prefect_incomplete.settings import DEFAULT_AUTO_RETRY_SCHEDULE
+from prefect_incomplete.store import Store
+
+pytestmark = pytest.mark.usefixtures("prefect_server", "fast_retries")
+
+
+@pytest.fixture(autouse=True)
+def clean_flows(store_url: str) -> None:
+    """Every test starts with no recorded calls and no failure switches."""
+    flows.reset()
+
+
+def fix(qty: int, step: str = "price") -> dict[str, Any]:
+    """The --set edit that corrects order 2's quantity."""
+    return {f"{step}[2].order": {"id": 2, "qty": qty}}
+
+
+def ran_once_each(**more: int) -> Counter[str]:
+    """Call counts where every step ran once, but price[2] twice and `more`."""
+    steps = ["fetch", "price-1", "push-1", "price-2", "push-2", "price-3", "push-3"]
+    return Counter(dict.fromkeys(steps, 1) | {"price-2": 2} | more)
+
+
+def first_run(job: Any = None) -> Any:
+    """Run the orders flow once; it stops at price[2] (quantity 0)."""
+    state = (job or flows.orders)(return_state=True)
+    if asyncio.iscoroutine(state):
+        state = asyncio.run(state)
+    assert state.name == "Incomplete"
+    (record,) = Store().list()
+    return record
+
+
+def test_completed_steps_are_replayed_not_rerun() -> None:
+    """A resume runs each completed step's function zero more times."""
+    record = first_run()
+    assert record.failed_steps[0].key == "price[2]"
+
+    started = resume(record.short_id, set_inputs=fix(3))
+
+    assert started.state_name == "Completed"
+    assert (
+        Counter(
+            {
+                "fetch": 1,
+                "price-1": 1,
+                "push-1": 1,
+                "price-2": 2,
+                "push-2": 1,
+                "price-3": 1,
+                "push-3": 1,
+            }
+        )
+        == flows.CALLS
+    )
+    done = Store().get(record.id)
+    assert done.status is Status.RESOLVED
+    assert done.resolved_by == started.flow_run_id
+
+
+def test_replayed_steps_show_as_replayed_task_runs() -> None:
+    """Replayed steps are completed task runs named Replayed in the Prefect API."""
+    record = first_run()
+    started = resume(record.short_id, set_inputs=fix(3))
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=RunFilter(id={"any_": [started.flow_run_id]})
+        )
+    names = Counter(run.state.name for run in runs if run.state)
+
+    assert names["Replayed"] == 3
+    assert names["Completed"] == 4
+
+
+def test_edit_reaches_the_failed_step() -> None:
+    """--set gives the failed step the corrected input, and it is kept in the record."""
+    record = first_run()
+
+    resume(record.short_id, set_inputs=fix(7))
+
+    assert {"id": 2, "qty": 7, "total": 70} in flows.RECEIVED
+
+
+def test_divergent_path_runs_for_real() -> None:
+    """A changed parameter changes fetch's input: it runs again; equal inputs replay."""
+    record = first_run()
+
+    resume(
+        record.short_id,
+        params={"day": "2026-12-02"},
+        set_inputs=fix(1),
+    )
+
+    assert flows.CALLS["fetch"] == 2
+    assert flows.CALLS["price-1"] == 1
+
+
+def test_chained_failures_end_resolved() -> None:
+    """Fail, resume, fail later, resume: each success ran once, each failure per try."""
+    flows.BROKEN_PUSH.add(3)
+    record = first_run()
+
+    again = resume(record.short_id, set_inputs=fix(1))
+    after_second = Store().get(record.id)
+    flows.BROKEN_PUSH.clear()
+    final = resume(record.short_id)
+
+    assert again.state_name == "Incomplete"
+    assert after_second.attempts == 2
+    assert [s.key for s in after_second.failed_steps] == ["push[3]"]
+    assert final.state_name == "Completed"
+    assert Store().get(record.id).status is Status.RESOLVED
+    assert (
+        Counter(
+            {
+                "fetch": 1,
+                "price-1": 1,
+                "push-1": 1,
+                "price-2": 2,
+                "push-2": 1,
+                "price-3": 1,
+                "push-3": 2,
+            }
+        )
+        == flows.CALLS
+    )
+
+
+def test_async_flow_resumes() -> None:
+    """An async flow with async tasks is replayed and resolved the same way."""
+    record = first_run(flows.orders_async)
+
+    started = resume(record.short_id, set_inputs=fix(2, "price_async"))
+
+    assert started.state_name == "Completed"
+    assert flows.CALLS["fetch"] == 1
+    assert flows.CALLS["price-1"] == 1
+    assert Store().get(record.id).status is Status.RESOLVED
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_two_concurrent_resumes_only_one_runs(
+    database: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two resumes of one record at once: one runs, the other is refused."""
+    if database == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        monkeypatch.setenv("PREFECT_INCOMPLETE_DATABASE_URL", url)
+    record = first_run()
+    flows.SLOW_PUSH_SECONDS[0] = 1.5
+    barrier = threading.Barrier(2)
+    outcomes: list[ResumeStarted | ResumeError] = []
+
+    def attempt() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(resume(record.id, set_inputs=fix(1)))
+        except ResumeError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    started = [o for o in outcomes if isinstance(o, ResumeStarted)]
+    refused = [o for o in outcomes if isinstance(o, ResumeError)]
+    assert len(started) == 1
+    assert len(refused) == 1
+    assert "already being resumed by" in str(refused[0])
+    assert flows.CALLS["price-2"] == 2
+    assert Store().get(record.id).status is Status.RESOLVED
+
+
+def test_expired_lease_can_be_resumed() -> None:
+    """A claim whose run died is taken again once its lease has run out."""
+    record = first_run()
+    store = Store()
+    long_ago = datetime.now(UTC) - timedelta(hours=3)
+    store.claim(record.id, "resume-of-a-dead-run", lease_seconds=60, now=long_ago)
+
+    started = resume(record.short_id, set_inputs=fix(1))
+
+    assert started.state_name == "Completed"
+    assert store.get(record.id).status is Status.RESOLVED
+
+
+def test_live_claim_refuses_a_resume() -> None:
+    """While a lease is live, a resume names who holds the record, changing nothing."""
+    record = first_run()
+    store = Store()
+    store.claim(record.id, "resume-elsewhere", lease_seconds=600)
+    before = store.get(record.id)
+
+    with pytest.raises(
+        ResumeError, match=r"already being resumed by.*resume-elsewhere"
+    ):
+        resume(record.short_id, set_inputs=fix(1))
+
+    assert store.get(record.id) == before
+
+
+class TestBadInputChangesNothing:
+    """A resume that cannot start says why in one sentence and leaves the record."""
+
+    def test_unknown_record(self) -> None:
+        """An id that matches nothing."""
+        with pytest.raises(
+            ResumeError, match="no incomplete execution matches 'ffffffff'"
+        ):
+            resume("ffffffff")
+
+    def test_resolved_and_discarded(self) -> None:
+        """Resolved and discarded records have nothing to resume."""
+        record = first_run()
+        store = Store()
+        store.discard([record.id])
+
+        with pytest.raises(
+            ResumeError, match="is discarded; there is nothing to resume"
+        ):
+            resume(record.short_id)
+
+    @pytest.mark.parametrize(
+        ("edits", "message"),
+        [
+            ({"price[9].order": 1}, "has no failed step 'price\\[9\\]'"),
+            ({"price[2].nope": 1}, "step price\\[2\\] has no input 'nope'"),
+            ({"price[2].order": "not a dict"}, "is not a valid 'order'"),
+            ({"noDot": 1}, "malformed --set target"),
+        ],
+    )
+    def test_bad_step_edit(self, edits: dict[str, Any], message: str) -> None:
+        """Unknown step, unknown input, a value the signature rejects, no dot."""
+        record = first_run()
+        before = Store().get(record.id)
+
+        with pytest.raises(ResumeError, match=message):
+            resume(record.short_id, set_inputs=edits)
+
+        assert Store().get(record.id) == before
+        assert flows.CALLS["price-2"] == 1
+
+    def test_bad_parameter_edit(self) -> None:
+        """A parameter the flow does not have, and a value its signature rejects."""
+        record = first_run()
+        before = Store().get(record.id)
+
+        with pytest.raises(ResumeError, match="has no parameter 'month'"):
+            resume(record.short_id, params={"month": "12"})
+        with pytest.raises(ResumeError, match="--param rejected"):
+            resume(record.short_id, params={"day": {"not": "a string"}})
+
+        assert Store().get(record.id) == before
+
+    def test_entrypoint_that_no_longer_imports(self) -> None:
+        """A record whose flow cannot be imported any more is refused, unchanged."""
+        record = first_run()
+        store = Store()
+        with store._transaction("test: break the entrypoint") as session:  # test-only
+            row = store._locked(session, record.id)
+            row.entrypoint = "flows_that_were_deleted.orders"
+        before = store.get(record.id)
+
+        with pytest.raises(
+            ResumeError, match="no longer imports from flows_that_were_deleted"
+        ):
+            resume(record.short_id)
+
+        assert store.get(record.id) == before
+
+
+def test_auto_retry_follows_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retryable record is retried at 1 min, 10 min ... 3 h, then waits for people."""
+    flows.BROKEN_PUSH.add(2)
+    clock = [datetime(2026, 12, 1, 8, 0, tzinfo=UTC)]
+    monkeypatch.setattr(_clock, "now", lambda: clock[0])
+    state = flows.flaky_orders(return_state=True)
+    (record,) = Store().list()
+    assert state.name == "Incomplete"
+    assert record.status is Status.SCHEDULED
+
+    waits = []
+    for _ in DEFAULT_AUTO_RETRY_SCHEDULE:
+        due_at = Store().get(record.id).next_retry_at
+        assert due_at is not None
+        waits.append((due_at - clock[0]).total_seconds())
+        clock[0] = due_at - timedelta(seconds=1)
+        assert retry_due(now=clock[0]) == []
+        clock[0] = due_at
+        (outcome,) = retry_due(now=clock[0])
+        assert isinstance(outcome, ResumeStarted)
+
+    final = Store().get(record.id)
+    assert waits == list(DEFAULT_AUTO_RETRY_SCHEDULE)
+    assert final.status is Status.UNRESOLVED
+    assert final.next_retry_at is None
+    assert final.attempts == 1 + len(DEFAULT_AUTO_RETRY_SCHEDULE)
+    assert flows.CALLS["flaky-2"] == final.attempts * 4
+    assert flows.CALLS["order_ids"] == 1
+    assert flows.CALLS["flaky-1"] == 1
+
+
+def test_auto_retry_resolves_when_the_service_is_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A due retry of a record whose service came back resolves it."""
+    flows.BROKEN_PUSH.add(2)
+    state = flows.flaky_orders(return_state=True)
+    (record,) = Store().list()
+    flows.BROKEN_PUSH.clear()
+
+    assert state.name == "Incomplete"
+    assert retry_due(now=datetime.now(UTC)) == []
+    (outcome,) = retry_due(now=datetime.now(UTC) + timedelta(minutes=2))
+
+    assert isinstance(outcome, ResumeStarted)
+    assert outcome.state_name == "Completed"
+    assert Store().get(record.id).status is Status.RESOLVED
+
+
+def test_trigger_path_starts_a_run_of_the_deployment() -> None:
+    """--via event emits the resume event; the deployment's trigger starts a run."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.flow_engine import run_flow
+
+    from prefect_incomplete.resume import resume_trigger
+
+    deployment_id = flows.orders.to_deployment(
+        name="orders-resumable", triggers=[resume_trigger(flows.orders)]
+    ).apply()
+    with get_client(sync_client=True) as client:
+        created: FlowRun = client.create_flow_run_from_deployment(deployment_id)
+    state = run_flow(flows.orders, flow_run=created, return_type="state")
+    (record,) = Store().list()
+    assert state.name == "Incomplete"
+    assert record.deployment_id == deployment_id
+
+    started = resume(record.short_id, via="event", set_inputs=fix(4))
+
+    assert started.via == "event"
+    run = wait_for_run(deployment_id, exclude=created.id)
+    assert (
+        run.parameters["incomplete_execution_id"]
+        == f"prefect-incomplete.record.{record.id}"
+    )
+    final = run_flow(flows.orders, flow_run=run, return_type="state")
+    assert final.is_completed()
+    assert Store().get(record.id).status is Status.RESOLVED
+    assert flows.CALLS["price-2"] == 2
+    assert flows.CALLS["price-1"] == 1
+
+
+def wait_for_run(deployment_id: Any, *, exclude: Any, timeout: float = 30) -> Any:
+    """The first flow run of the deployment other than `exclude`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(
+                    id=DeploymentFilterId(any_=[deployment_id])
+                )
+            )
+        fresh = [run for run in runs if run.id != exclude]
+        if fresh:
+            return fresh[0]
+        time.sleep(0.5)
+    raise AssertionError(
+        f"the trigger started no run of {deployment_id} in {timeout} s"
+    )
