@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         ),
     )
     auto_retry_schedule: list[float] = Field(
-        default_factory=lambda: list(DEFAULT_AUTO_RETRY_SCHEDULE),
+        default_factory=lambda: [float(d) for d in DEFAULT_AUTO_RETRY_SCHEDULE],
         description=(
             "Seconds before each automatic retry of a stored record, as a JSON "
             "list. When it is used up, the record waits for a person."

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,8 +21,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from pydantic import SecretStr
 
 from prefect_incomplete import Status, errors, resumable
-from prefect_incomplete._serialize import decode
-from prefect_incomplete._serialize import REDACTED
+from prefect_incomplete._serialize import REDACTED, decode
 from prefect_incomplete.artifacts import artifact_key, escape, flow_table_key
 from prefect_incomplete.errors import KINDS, Disposition, StepError
 from prefect_incomplete.store import Store

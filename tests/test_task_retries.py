@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from typing import Any
@@ -25,7 +26,9 @@ def expected_runs(kind: type[StepError]) -> int:
     return 1 + (policy.attempts if policy else 0)
 
 
-def make_flow(exc: BaseException, *, is_async: bool = False) -> tuple[Any, Counter[str]]:
+def make_flow(
+    exc: BaseException, *, is_async: bool = False
+) -> tuple[Any, Counter[str]]:
     """A flow whose second step raises `exc`; the body catches it."""
     calls: Counter[str] = Counter()
 
@@ -111,17 +114,13 @@ def test_first_step_is_never_retried(is_async: bool) -> None:
 
     @flow
     def job() -> None:
-        try:
+        with contextlib.suppress(ConnectionError):
             trigger()
-        except ConnectionError:
-            pass
 
     @flow
     async def job_async() -> None:
-        try:
+        with contextlib.suppress(ConnectionError):
             await trigger_async()
-        except ConnectionError:
-            pass
 
     run(job_async if is_async else job)
 
@@ -252,7 +251,7 @@ def test_submit_and_map_items_are_retried_one_by_one() -> None:
 
 @pytest.mark.usefixtures("fast_retries")
 def test_users_own_retries_override_the_policy() -> None:
-    """`@task(retries=1)` gives a retryable kind one retry, and unclassified ones too."""
+    """`@task(retries=1)` gives one retry to retryable and unclassified kinds."""
     calls: Counter[str] = Counter()
 
     @resumable
@@ -308,7 +307,9 @@ def test_policy_per_task_and_with_options() -> None:
 @pytest.mark.usefixtures("fast_retries")
 def test_global_policy_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     """PREFECT_INCOMPLETE_POLICIES changes the attempts of tasks decorated after it."""
-    monkeypatch.setenv("PREFECT_INCOMPLETE_POLICIES", '{"OutOfSpaceError": {"attempts": 4}}')
+    monkeypatch.setenv(
+        "PREFECT_INCOMPLETE_POLICIES", '{"OutOfSpaceError": {"attempts": 4}}'
+    )
     job, calls = make_flow(errors.OutOfSpaceError("full"))
 
     run(job)
@@ -384,7 +385,9 @@ def test_prefect_task_timeout_is_a_module_timeout() -> None:
 def test_testing_switch_makes_delays_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     """PREFECT_INCOMPLETE_TESTING=true runs retries at once despite a long policy."""
     monkeypatch.setenv("PREFECT_INCOMPLETE_TESTING", "true")
-    monkeypatch.setenv("PREFECT_INCOMPLETE_POLICIES", '{"ConnectionError": {"delay": 30}}')
+    monkeypatch.setenv(
+        "PREFECT_INCOMPLETE_POLICIES", '{"ConnectionError": {"delay": 30}}'
+    )
     job, calls = make_flow(errors.ConnectionError("down"))
 
     started = time.monotonic()
