@@ -37,6 +37,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Failed
 
 from prefect_incomplete._ledger import Ledger, Step, current_ledger
+from prefect_incomplete._resuming import ResumeRefused
 
 __all__ = ["RESUME_PARAMETER", "FlowConfig", "PendingResume", "make_resumable_flow"]
 
@@ -118,7 +119,10 @@ def _wrap(
         @functools.wraps(original)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
             record_id = kwargs.pop(RESUME_PARAMETER, None)
-            run = _Run.begin(config, original, record_id)
+            try:
+                run = _Run.begin(config, original, record_id)
+            except ResumeRefused as refused:
+                return not_resumed(refused)
             token = current_ledger.set(run.ledger)
             try:
                 args, kwargs = run.arguments(args, kwargs)
@@ -135,7 +139,10 @@ def _wrap(
     @functools.wraps(original)
     def run_sync(*args: Any, **kwargs: Any) -> Any:
         record_id = kwargs.pop(RESUME_PARAMETER, None)
-        run = _Run.begin(config, original, record_id)
+        try:
+            run = _Run.begin(config, original, record_id)
+        except ResumeRefused as refused:
+            return not_resumed(refused)
         token = current_ledger.set(run.ledger)
         try:
             args, kwargs = run.arguments(args, kwargs)
@@ -223,6 +230,14 @@ class _Run:
             if same or isinstance(exc, UpstreamTaskError):
                 return step
         return None
+
+
+def not_resumed(refused: Exception) -> State[Any]:
+    """The final state of a resume that found its record taken or closed."""
+    from prefect.states import Cancelled
+
+    logger.warning("Not resumed: %s", refused)
+    return Cancelled(name="NotResumed", message=str(refused))
 
 
 def incomplete_state(message: str, exc: BaseException) -> State[Any]:

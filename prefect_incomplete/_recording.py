@@ -76,7 +76,11 @@ def store_failure(
         )
         return None
 
-    _publish(record, "stored" if ledger.record is None else "failed-again", step)
+    _publish(record, "stored", step)
+    if record.deployment_id is not None and record.next_retry_at is not None:
+        from prefect_incomplete.resume import schedule_deployment_retry
+
+        schedule_deployment_retry(record)
     message = _message(record, step)
     log.warning(message)
     from prefect_incomplete._flow import incomplete_state

@@ -50,7 +50,7 @@ def take_over(
     """Claim the record for this run and fill `ledger` with what it replays."""
     from prefect_incomplete._flow import CLAIM_TAG_PREFIX
     from prefect_incomplete.settings import get_settings
-    from prefect_incomplete.store import ClaimRefused, Store
+    from prefect_incomplete.store import ClaimRefused, RecordNotFound, Store
 
     if context is None or context.flow_run is None:
         raise ResumeRefused("a resume must run as a Prefect flow run")
@@ -62,7 +62,10 @@ def take_over(
     if pending is not None:
         record_id, token = pending.record_id, pending.claim
     else:
-        record_id = store.get(parse_record_reference(record_reference)).id
+        try:
+            record_id = store.get(parse_record_reference(record_reference)).id
+        except RecordNotFound as exc:
+            raise ResumeRefused(f"{exc}; this run did nothing") from exc
         tags = [t for t in flow_run.tags if t.startswith(CLAIM_TAG_PREFIX)]
         token = tags[0].removeprefix(CLAIM_TAG_PREFIX) if tags else None
 

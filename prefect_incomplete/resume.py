@@ -448,6 +448,44 @@ def _give_back(store: Any, record: IncompleteExecution, token: str) -> None:
         logger.warning("Could not release the claim on %s: %s", record.short_id, exc)
 
 
+def schedule_deployment_retry(record: IncompleteExecution) -> UUID | None:
+    """Create the next automatic retry of a deployed record as a scheduled run.
+
+    The run is created on the Prefect server at the record's next retry time,
+    so the deployment's own workers run it; it claims the record when it
+    starts. Gives the run's id, or None (logged) when it could not be created.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    from prefect_incomplete._flow import RESUME_PARAMETER
+
+    if record.deployment_id is None or record.next_retry_at is None:
+        return None
+    parameters = {
+        name: json.loads(value.payload)
+        for name, value in record.parameters.items()
+        if value.format == "json"
+    }
+    try:
+        with get_client(sync_client=True) as client:
+            flow_run = client.create_flow_run_from_deployment(
+                record.deployment_id,
+                parameters={**parameters, RESUME_PARAMETER: str(record.id)},
+                state=Scheduled(scheduled_time=record.next_retry_at),
+                idempotency_key=f"prefect-incomplete-{record.id}-auto-{record.attempts}",
+                tags=["prefect-incomplete-retry"],
+            )
+    except Exception as exc:  # the record stays scheduled: retry --due can run it
+        logger.warning(
+            "Could not schedule the automatic retry of %s on the Prefect server: %s",
+            record.short_id,
+            exc,
+        )
+        return None
+    return flow_run.id
+
+
 def resume_trigger(flow: Any, **options: Any) -> Any:
     """A `DeploymentEventTrigger` that resumes `flow`'s records on request.
 
@@ -475,7 +513,11 @@ def resume_trigger(flow: Any, **options: Any) -> Any:
 def retry_due(
     *, now: datetime | None = None, store: Any = None, limit: int | None = None
 ) -> list[ResumeStarted | ResumeError]:
-    """Resume every record whose automatic retry is due, at most N per flow at once."""
+    """Resume every due record of an undeployed flow, at most N per flow at once.
+
+    Records from a deployment are skipped: their automatic retries are
+    scheduled flow runs on the Prefect server, run by the deployment's workers.
+    """
     from prefect_incomplete.settings import get_settings
     from prefect_incomplete.store import Store
 
@@ -486,6 +528,8 @@ def retry_due(
     concurrency = get_settings().auto_retry_concurrency
     outcomes: list[ResumeStarted | ResumeError] = []
     for record in store.due(now=now, limit=limit):
+        if record.deployment_id is not None:
+            continue  # its retry is a scheduled run on the Prefect server
         running = [
             r
             for r in store.list(flow=record.flow_name, statuses=[Status.IN_PROGRESS])

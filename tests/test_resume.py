@@ -389,3 +389,79 @@ def wait_for_run(deployment_id: Any, *, exclude: Any, timeout: float = 30) -> An
     raise AssertionError(
         f"the trigger started no run of {deployment_id} in {timeout} s"
     )
+
+
+def deployed_first_run(job: Any, name: str) -> tuple[Any, Any]:
+    """Deploy `job` and run one flow run of it here; give (deployment, record)."""
+    from prefect.flow_engine import run_flow
+
+    deployment_id = job.to_deployment(name=name).apply()
+    with get_client(sync_client=True) as client:
+        created = client.create_flow_run_from_deployment(deployment_id)
+    state = run_flow(job, flow_run=created, return_type="state")
+    assert state.name == "Incomplete"
+    (record,) = Store().list()
+    assert record.deployment_id == deployment_id
+    return deployment_id, record
+
+
+def test_deployment_path_claims_then_creates_the_run() -> None:
+    """A deployed record resumes through run_deployment; the run resolves it."""
+    from prefect.flow_engine import run_flow
+
+    deployment_id, record = deployed_first_run(flows.orders, "orders-run-deployment")
+
+    started = resume(record.short_id, set_inputs=fix(2))
+    claimed = Store().get(record.id)
+    with pytest.raises(ResumeError, match="already being resumed"):
+        resume(record.short_id)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(started.flow_run_id)
+    final = run_flow(flows.orders, flow_run=run, return_type="state")
+
+    assert started.via == "deployment"
+    assert run.deployment_id == deployment_id
+    assert run.parameters["incomplete_execution_id"] == str(record.id)
+    assert claimed.status is Status.IN_PROGRESS
+    assert final.is_completed()
+    assert Store().get(record.id).resolved_by == run.id
+    assert flows.CALLS["price-1"] == 1
+    assert flows.CALLS["price-2"] == 2
+
+
+def test_deployed_auto_retry_is_a_scheduled_run_on_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A retryable record of a deployment gets a scheduled run at its retry time."""
+    from prefect.flow_engine import run_flow
+
+    monkeypatch.setenv("PREFECT_INCOMPLETE_AUTO_RETRY_SCHEDULE", "[2]")
+    flows.BROKEN_PUSH.add(2)
+    deployment_id, record = deployed_first_run(flows.flaky_orders, "flaky-auto-retry")
+    assert record.status is Status.SCHEDULED
+
+    run = wait_for_run(deployment_id, exclude=record.flow_run_id)
+    assert run.state.is_scheduled()
+    assert run.parameters["incomplete_execution_id"] == str(record.id)
+    scheduled = run.state.state_details.scheduled_time
+    assert abs((scheduled - record.next_retry_at).total_seconds()) < 1
+    assert retry_due(now=record.next_retry_at + timedelta(seconds=1)) == []
+
+    flows.BROKEN_PUSH.clear()
+    final = run_flow(flows.flaky_orders, flow_run=run, return_type="state")
+
+    assert final.is_completed()
+    assert Store().get(record.id).status is Status.RESOLVED
+
+
+def test_a_run_for_a_closed_record_does_nothing() -> None:
+    """A run started for a resolved record ends NotResumed and runs no step."""
+    record = first_run()
+    resume(record.short_id, set_inputs=fix(1))
+    calls_before = Counter(flows.CALLS)
+
+    state = flows.orders(return_state=True, incomplete_execution_id=str(record.id))
+
+    assert state.name == "NotResumed"
+    assert "resolved" in state.message
+    assert calls_before == flows.CALLS
