@@ -11,6 +11,18 @@ __all__ = ["resumable"]
 
 T = TypeVar("T", bound="Task[Any, Any] | Flow[Any, Any]")
 
+_TASK_OPTIONS = ("step", "policies")
+_FLOW_OPTIONS = (
+    "store",
+    "auto_retry_schedule",
+    "sequential",
+    "data_loss",
+    "confidential",
+    "consecutive_errors",
+    "flow_quota_count",
+    "flow_quota_bytes",
+)
+
 
 @overload
 def resumable(obj: T, /) -> T: ...
@@ -23,19 +35,17 @@ def resumable(
     policies: Mapping[Any, Any] | None = None,
     store: bool | None = None,
     auto_retry_schedule: list[float] | tuple[float, ...] | None = None,
+    sequential: bool | None = None,
+    data_loss: bool | None = None,
+    confidential: bool | None = None,
+    consecutive_errors: int | None = None,
+    flow_quota_count: int | None = None,
+    flow_quota_bytes: int | None = None,
 ) -> Callable[[T], T]: ...
 
 
-def resumable(
-    obj: Any = None,
-    /,
-    *,
-    step: str | None = None,
-    policies: Mapping[Any, Any] | None = None,
-    store: bool | None = None,
-    auto_retry_schedule: list[float] | tuple[float, ...] | None = None,
-) -> Any:
-    """Make a Prefect task or flow resumable; use it above ``@task``/``@flow``.
+def resumable(obj: Any = None, /, **options: Any) -> Any:
+    """Make a Prefect task or flow resumable; put it above ``@task``/``@flow``.
 
     On a task: failures are classified and retried by kind. ``step`` names the
     step (default: the task's name); ``policies`` overrides retry policies per
@@ -44,52 +54,70 @@ def resumable(
     attempts and delays.
 
     On a flow: a failed step that a person must look at is stored as an
-    incomplete execution and the run ends ``Incomplete``. ``store`` turns
-    storing on or off for this flow; ``auto_retry_schedule`` gives the
-    seconds between automatic retries of its records.
+    incomplete execution and the run ends ``Incomplete``. Its options, each
+    overriding the ``PREFECT_INCOMPLETE_*`` setting of the same name: ``store``,
+    ``auto_retry_schedule`` (seconds between automatic retries),
+    ``sequential``, ``data_loss``, ``confidential``, ``consecutive_errors``,
+    ``flow_quota_count`` and ``flow_quota_bytes``.
 
-    Misuse (a negative retry count, a policy for an unknown or non-retryable
-    kind, a task option on a flow) raises at decoration time.
+    Misuse (a negative count, a policy for an unknown or non-retryable kind,
+    a task option on a flow) raises at decoration time.
     """
+    unknown = sorted(set(options) - {*_TASK_OPTIONS, *_FLOW_OPTIONS})
+    if unknown:
+        raise TypeError(
+            f"resumable() got an unknown option {unknown[0]!r}; it takes "
+            f"{', '.join(_TASK_OPTIONS)} for tasks and {', '.join(_FLOW_OPTIONS)} "
+            "for flows"
+        )
     if obj is None:
-        return lambda target: _apply(target, step, policies, store, auto_retry_schedule)
-    return _apply(obj, step, policies, store, auto_retry_schedule)
+        return lambda target: _apply(target, options)
+    return _apply(obj, options)
 
 
-def _apply(
-    obj: Any,
-    step: str | None,
-    policies: Mapping[Any, Any] | None,
-    store: bool | None,
-    schedule: list[float] | tuple[float, ...] | None,
-) -> Any:
+def _apply(obj: Any, options: dict[str, Any]) -> Any:
+    given = {name for name, value in options.items() if value is not None}
     if isinstance(obj, Task):
-        if store is not None or schedule is not None:
+        misplaced = sorted(given & set(_FLOW_OPTIONS))
+        if misplaced:
             raise TypeError(
-                "store and auto_retry_schedule are options of a resumable flow, "
-                f"not of task {obj.name!r}"
+                f"{misplaced[0]} is an option of a resumable flow, not of task "
+                f"{obj.name!r}"
             )
         from prefect_incomplete._task import make_resumable_task
 
-        return make_resumable_task(obj, step=step, policies=policies)
+        return make_resumable_task(
+            obj, step=options.get("step"), policies=options.get("policies")
+        )
 
     if isinstance(obj, Flow):
-        if step is not None or policies is not None:
+        misplaced = sorted(given & set(_TASK_OPTIONS))
+        if misplaced:
             raise TypeError(
-                "step and policies are options of a resumable task, "
-                f"not of flow {obj.name!r}"
+                f"{misplaced[0]} is an option of a resumable task, not of flow "
+                f"{obj.name!r}"
             )
-        from prefect_incomplete._flow import FlowConfig, make_resumable_flow
+        from prefect_incomplete._flow import make_resumable_flow
 
-        if schedule is not None and any(d < 0 for d in schedule):
-            raise ValueError("auto_retry_schedule delays must be >= 0 seconds")
-        config = FlowConfig(
-            store=store,
-            auto_retry_schedule=tuple(schedule) if schedule is not None else None,
-        )
-        return make_resumable_flow(obj, config)
+        return make_resumable_flow(obj, _flow_config(options))
 
     raise TypeError(
         "resumable applies to a Prefect task or flow: put it above @task or "
         f"@flow, not on {type(obj).__name__} {getattr(obj, '__name__', obj)!r}"
     )
+
+
+def _flow_config(options: dict[str, Any]) -> Any:
+    from prefect_incomplete._flow import FlowConfig
+
+    for name in ("consecutive_errors", "flow_quota_count", "flow_quota_bytes"):
+        value = options.get(name)
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise ValueError(f"{name} must be a whole number >= 0, not {value!r}")
+    schedule = options.get("auto_retry_schedule")
+    if schedule is not None and any(delay < 0 for delay in schedule):
+        raise ValueError("auto_retry_schedule delays must be >= 0 seconds")
+    values = {name: options.get(name) for name in _FLOW_OPTIONS}
+    if schedule is not None:
+        values["auto_retry_schedule"] = tuple(schedule)
+    return FlowConfig(**values)

@@ -57,6 +57,14 @@ class FlowConfig:
     auto_retry_schedule: tuple[float, ...] | None = None
     """Seconds between automatic retries; None follows the setting."""
 
+    sequential: bool | None = None
+    data_loss: bool | None = None
+    confidential: bool | None = None
+    consecutive_errors: int | None = None
+    flow_quota_count: int | None = None
+    flow_quota_bytes: int | None = None
+    """Each None follows the setting of the same name."""
+
 
 @dataclass(frozen=True)
 class PendingResume:
@@ -123,6 +131,9 @@ def _wrap(
                 run = _Run.begin(config, original, record_id)
             except ResumeRefused as refused:
                 return not_resumed(refused)
+            held = run.held()
+            if held is not None:
+                return held
             token = current_ledger.set(run.ledger)
             try:
                 args, kwargs = run.arguments(args, kwargs)
@@ -143,6 +154,9 @@ def _wrap(
             run = _Run.begin(config, original, record_id)
         except ResumeRefused as refused:
             return not_resumed(refused)
+        held = run.held()
+        if held is not None:
+            return held
         token = current_ledger.set(run.ledger)
         try:
             args, kwargs = run.arguments(args, kwargs)
@@ -182,10 +196,44 @@ class _Run:
         if pending is not None:
             pending_resume.set(None)
         if record_id or pending is not None:
+            from prefect_incomplete._controls import settings_for
             from prefect_incomplete._resuming import take_over
 
-            take_over(ledger, context, record_id, pending)
+            sequential = settings_for(config).sequential
+            take_over(ledger, context, record_id, pending, sequential=sequential)
         return cls(config, original, ledger, context)
+
+    def held(self) -> State[Any] | None:
+        """With sequential processing, the state of a run that must not start."""
+        from prefect_incomplete._controls import record_blocking, settings_for
+
+        if self.ledger.record is not None or self.context is None:
+            return None
+        if not settings_for(self.config).sequential:
+            return None
+        from prefect.states import Cancelled
+
+        from prefect_incomplete.store import Store
+
+        flow = self.context.flow
+        flow_name = flow.name if flow else ""
+        store = Store()
+        blocking = record_blocking(store, flow_name)
+        if blocking is None:
+            return None
+        flow_run = self.context.flow_run
+        if flow_run is not None and flow_run.deployment_id is not None:
+            from prefect_incomplete._controls import hold
+
+            hold(store, flow_run.deployment_id, flow_name, "sequential", {})
+        message = (
+            f"Held by sequential processing: flow {flow_name} has an open incomplete "
+            f"execution, {blocking.short_id} ({blocking.status.value}); no task ran. "
+            f"Resume it with: prefect-incomplete resume {blocking.short_id}, or "
+            f"discard it with: prefect-incomplete discard {blocking.short_id}"
+        )
+        logger.warning(message)
+        return Cancelled(name="Held", message=message)
 
     def arguments(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -209,13 +257,39 @@ class _Run:
 
         step = self._step_that_failed(exc)
         state = store_failure(self.ledger, self.context, self.config, exc, step)
+        note = self._count_error(exc, step)
         if state is None:
             if self.ledger.record is not None:
                 from prefect_incomplete._resuming import release
 
                 release(self.ledger, self.context)
-            raise exc
+            if note is None:
+                raise exc
+            return Failed(message=f"{type(exc).__name__}: {exc}. {note}", data=exc)
+        if note is not None:
+            state.message = f"{state.message} {note}"
         return state
+
+    def _count_error(self, exc: Exception, step: Step | None) -> str | None:
+        """Count the failure toward the deployment's consecutive-errors limit."""
+        context = self.context
+        if context is None or context.flow_run is None:
+            return None
+        if context.flow_run.deployment_id is None:
+            return None
+        from prefect_incomplete._classify import classify
+        from prefect_incomplete._controls import (
+            count_error,
+            counts_as_error,
+            settings_for,
+        )
+        from prefect_incomplete.store import Store
+
+        kind = classify(exc) if step is not None else None
+        first = step is None or step.first
+        if not counts_as_error(kind.__name__ if kind else None, first):
+            return None
+        return count_error(context, settings_for(self.config), Store)
 
     def _step_that_failed(self, exc: Exception) -> Step | None:
         """The step whose failure reached the flow body as `exc`, if any."""

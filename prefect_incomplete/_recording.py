@@ -45,8 +45,11 @@ def store_failure(
     None means the failure is not an incomplete execution (or could not be
     stored): the caller lets `exc` go on as it would without the plugin.
     """
+    from prefect_incomplete._controls import settings_for
+
     log = _logger()
-    why_not = _why_not_stored(context, config, exc, step)
+    settings = settings_for(config)
+    why_not = _why_not_stored(context, settings, exc, step)
     if why_not:
         log.info("No incomplete execution stored: %s", why_not)
         return None
@@ -57,12 +60,19 @@ def store_failure(
     from prefect_incomplete._serialize import ValueTooLarge
     from prefect_incomplete.store import Store, StoreError
 
+    secret = settings.confidential
     try:
-        failed = [_failed_step(s) for s in ledger.settled() if s.outcome == "failed"]
-        completed = [_step_output(s) for s in ledger.steps if s.outcome in _DONE]
+        settled = list(ledger.settled())
+        failed = [_failed_step(s, secret) for s in settled if s.outcome == "failed"]
+        completed = [_step_output(s, secret) for s in settled if s.outcome in _DONE]
         store = Store()
         if ledger.record is None:
-            record = store.add(_new_record(context, config, failed, completed))
+            new = _new_record(context, config, failed, completed, secret)
+            refused = _over_quota(store, settings, new, exc, step)
+            if refused is not None:
+                return refused if refused.name != "Dropped" else None
+            record = store.add(new)
+            _hold_if_sequential(store, settings, record)
         else:
             record = _update_record(
                 store, ledger.record, context, config, failed, completed
@@ -91,14 +101,61 @@ def store_failure(
 _DONE = (COMPLETED, REPLAYED)
 
 
+def _over_quota(
+    store: Any, settings: Any, record: IncompleteExecution, exc: Exception, step: Step
+) -> State[Any] | None:
+    """None if the record fits its quotas; else the run's state (or "Dropped")."""
+    from prefect.states import Failed
+
+    from prefect_incomplete._controls import hold, quota_problem
+    from prefect_incomplete.store import record_size
+
+    problem = quota_problem(store, settings, record.flow_name, record_size(record))
+    if problem is None:
+        return None
+    log = _logger()
+    if settings.data_loss:
+        log.warning(
+            "Incomplete execution of step %s dropped (data loss is allowed): %s",
+            step.key,
+            problem,
+        )
+        from prefect_incomplete.artifacts import emit
+
+        emit(
+            record, "dropped", flow_run_id=record.flow_run_id, extra={"reason": problem}
+        )
+        return Failed(name="Dropped")
+
+    log.error("Incomplete execution of step %s NOT stored: %s", step.key, problem)
+    if record.deployment_id is not None:
+        detail = {
+            "flow_quota_count": settings.flow_quota_count,
+            "flow_quota_bytes": settings.flow_quota_bytes,
+            "total_quota_count": settings.total_quota_count,
+            "total_quota_bytes": settings.total_quota_bytes,
+        }
+        hold(store, record.deployment_id, record.flow_name, "quota", detail)
+    return Failed(
+        name="QuotaFull",
+        message=f"{type(exc).__name__} in step {step.key} was not stored: {problem}",
+        data=exc,
+    )
+
+
+def _hold_if_sequential(store: Any, settings: Any, record: IncompleteExecution) -> None:
+    if settings.sequential and record.deployment_id is not None:
+        from prefect_incomplete._controls import hold
+
+        hold(store, record.deployment_id, record.flow_name, "sequential", {})
+
+
 def _why_not_stored(
     context: FlowRunContext | None,
-    config: FlowConfig,
+    settings: Any,
     exc: Exception,
     step: Step | None,
 ) -> str | None:
-    from prefect_incomplete.settings import get_settings
-
     if context is None or context.flow_run is None:
         return "the flow is not running as a Prefect flow run"
     if step is None:
@@ -110,8 +167,7 @@ def _why_not_stored(
         return f"{type(exc).__name__} in step {step.key} is not a classified error"
     if _flow_retries_left(context):
         return f"{kind.__name__} in step {step.key}: the flow's own retries go first"
-    store = config.store if config.store is not None else get_settings().store
-    if not store:
+    if not settings.store:
         return f"{kind.__name__} in step {step.key}: storing is turned off"
     return None
 
@@ -124,7 +180,7 @@ def _flow_retries_left(context: FlowRunContext) -> bool:
     return bool(retries) and flow_run.run_count <= retries
 
 
-def _failed_step(step: Step) -> FailedStep:
+def _failed_step(step: Step, confidential: bool) -> FailedStep:
     from prefect_incomplete._serialize import encode, resolve_futures
     from prefect_incomplete.models import FailedStep
 
@@ -140,7 +196,12 @@ def _failed_step(step: Step) -> FailedStep:
         message=f"{type(exc).__name__}: {exc}",
         traceback=user_traceback(exc),
         inputs={
-            name: encode(value, name=name, what=f"input {name!r} of step {step.key}")
+            name: encode(
+                value,
+                name=name,
+                what=f"input {name!r} of step {step.key}",
+                confidential=confidential,
+            )
             for name, value in inputs.items()
         },
     )
@@ -164,7 +225,7 @@ def user_traceback(exc: BaseException) -> str:
     return "".join(summary.format())
 
 
-def _step_output(step: Step) -> StepOutput:
+def _step_output(step: Step, confidential: bool) -> StepOutput:
     from prefect_incomplete._serialize import encode, fingerprint_parameters
     from prefect_incomplete.models import StepOutput
 
@@ -175,7 +236,9 @@ def _step_output(step: Step) -> StepOutput:
         task_name=step.task_name,
         task_run_id=step.task_run_id,
         inputs_fingerprint=fingerprint_parameters(step.identity),
-        output=encode(step.output, what=f"output of step {step.key}"),
+        output=encode(
+            step.output, what=f"output of step {step.key}", confidential=confidential
+        ),
     )
 
 
@@ -207,6 +270,7 @@ def _new_record(
     config: FlowConfig,
     failed: list[FailedStep],
     completed: list[StepOutput],
+    confidential: bool,
 ) -> IncompleteExecution:
     from prefect_incomplete.models import IncompleteExecution, Status
 
@@ -222,7 +286,8 @@ def _new_record(
         last_flow_run_id=flow_run.id,
         deployment_id=flow_run.deployment_id,
         entrypoint=_entrypoint(context),
-        parameters=_parameters(context),
+        parameters=_parameters(context, confidential),
+        confidential=confidential,
         failed_steps=failed,
         completed_steps=completed,
         disposition=disposition,
@@ -260,14 +325,16 @@ def _update_record(
     return updated
 
 
-def _parameters(context: FlowRunContext) -> dict[str, Any]:
+def _parameters(context: FlowRunContext, confidential: bool) -> dict[str, Any]:
     from prefect_incomplete._flow import RESUME_PARAMETER
     from prefect_incomplete._serialize import encode
 
     parameters = dict(context.parameters or {})
     parameters.pop(RESUME_PARAMETER, None)
     return {
-        name: encode(value, name=name, what=f"flow parameter {name!r}")
+        name: encode(
+            value, name=name, what=f"flow parameter {name!r}", confidential=confidential
+        )
         for name, value in parameters.items()
     }
 

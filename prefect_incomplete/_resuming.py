@@ -46,6 +46,8 @@ def take_over(
     context: FlowRunContext | None,
     record_reference: Any,
     pending: PendingResume | None,
+    *,
+    sequential: bool = False,
 ) -> None:
     """Claim the record for this run and fill `ledger` with what it replays."""
     from prefect_incomplete._flow import CLAIM_TAG_PREFIX
@@ -70,6 +72,8 @@ def take_over(
         token = tags[0].removeprefix(CLAIM_TAG_PREFIX) if tags else None
 
     holder = str(flow_run.id)
+    if sequential:
+        _oldest_first(store, record_id, context)
     if token is not None:
         if not store.transfer_claim(record_id, token, holder, lease_seconds=lease):
             raise ResumeRefused(
@@ -93,6 +97,19 @@ def take_over(
     from prefect_incomplete.artifacts import publish
 
     publish(record, "resumed", flow_run_id=flow_run.id, store=store)
+
+
+def _oldest_first(store: Any, record_id: UUID, context: FlowRunContext) -> None:
+    """With sequential processing, only the oldest open record may be resumed."""
+    flow_name = context.flow.name if context.flow else ""
+    waiting = [r for r in store.open_records(flow_name) if r.id != record_id]
+    record = store.get(record_id)
+    older = [r for r in waiting if r.created_at < record.created_at]
+    if older:
+        raise ResumeRefused(
+            f"flow {flow_name} uses sequential processing: resume its oldest open "
+            f"incomplete execution first, {older[0].short_id}"
+        )
 
 
 def _fill(ledger: Ledger, record: Any) -> None:
@@ -137,6 +154,9 @@ def resolved(ledger: Ledger, context: FlowRunContext | None) -> None:
         return
     _log(context).info("Incomplete execution %s resolved", done.short_id)
     publish(done, "resolved", flow_run_id=flow_run_id, store=store)
+    from prefect_incomplete._controls import lift_holds
+
+    lift_holds(store)
 
 
 def release(ledger: Ledger, context: FlowRunContext | None) -> None:

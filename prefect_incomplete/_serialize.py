@@ -56,14 +56,19 @@ def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
 
-def encode(value: Any, *, name: str = "", what: str = "value") -> Encoded:
+CONFIDENTIAL = "(confidential)"
+
+
+def encode(
+    value: Any, *, name: str = "", what: str = "value", confidential: bool = False
+) -> Encoded:
     """Store `value`; `name` (a parameter or key) decides redaction of the preview.
 
     Raises `ValueTooLarge`, naming `what`, when the stored form is larger than
     the ``max_value_bytes`` setting.
     """
     settings = get_settings()
-    text = preview(value, name=name)
+    text = CONFIDENTIAL if confidential else preview(value, name=name)
     fmt, payload = _payload(value, allow_pickle=settings.allow_pickle)
 
     size = len(payload)

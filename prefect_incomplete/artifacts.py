@@ -75,8 +75,9 @@ def resume_command(record: IncompleteExecution) -> str:
     return f"prefect-incomplete resume {record.short_id}"
 
 
-def render_markdown(record: IncompleteExecution, *, confidential: bool = False) -> str:
+def render_markdown(record: IncompleteExecution) -> str:
     """The record's artifact: kind, message, steps, inputs, status, how to resume."""
+    confidential = record.confidential
     lines = [
         f"# Incomplete execution `{record.short_id}`",
         "",
@@ -101,7 +102,9 @@ def render_markdown(record: IncompleteExecution, *, confidential: bool = False) 
             "",
             f"**Kind:** {step.kind or 'unclassified'}  ",
             f"**Task:** {escape(step.task_name)}  ",
-            f"**Message:** {escape(step.message)}",
+            "**Message:** (confidential)"
+            if confidential
+            else f"**Message:** {escape(step.message)}",
         ]
         if not confidential and step.inputs:
             lines += ["", "| input | value |", "|---|---|"]
@@ -158,10 +161,10 @@ def publish(
     *,
     task_run_id: UUID | None = None,
     flow_run_id: UUID | None = None,
-    confidential: bool = False,
     store: Any = None,
 ) -> None:
     """Write the record's artifacts and emit ``prefect-incomplete.<what>``."""
+    confidential = record.confidential
     flow_run_id = flow_run_id or record.last_flow_run_id or record.flow_run_id
     if task_run_id is None and record.failed_steps:
         task_run_id = record.failed_steps[0].task_run_id
@@ -173,7 +176,7 @@ def publish(
             record.short_id,
             exc,
         )
-    emit(record, what, flow_run_id=flow_run_id, confidential=confidential)
+    emit(record, what, flow_run_id=flow_run_id)
 
 
 def emit(
@@ -181,10 +184,10 @@ def emit(
     what: str,
     *,
     flow_run_id: UUID | None = None,
-    confidential: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Emit ``prefect-incomplete.<what>`` for `record`; never raises."""
+    confidential = record.confidential
     from prefect.events import emit_event
 
     related = []
@@ -258,7 +261,7 @@ def _write_artifacts(
             artifact=ArtifactCreate(
                 key=artifact_key(record),
                 type="markdown",
-                data=render_markdown(record, confidential=confidential),
+                data=render_markdown(record),
                 description=f"Incomplete execution of {record.flow_name}",
                 flow_run_id=flow_run_id,
                 task_run_id=task_run_id,

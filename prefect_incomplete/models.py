@@ -25,6 +25,7 @@ __all__ = [
     "OPEN_STATUSES",
     "Encoded",
     "FailedStep",
+    "Hold",
     "IncompleteExecution",
     "Status",
     "StepOutput",
@@ -141,6 +142,8 @@ class IncompleteExecution(BaseModel):
     """The resume holding the claim: a flow run id, or a token until it has one."""
 
     lease_expires_at: datetime | None = None
+    confidential: bool = False
+    """Show no input, output or parameter values, only step names and kinds."""
 
     @property
     def kinds(self) -> list[str]:
@@ -168,3 +171,17 @@ class IncompleteExecution(BaseModel):
             for s in data["completed_steps"]
         ]
         return data
+
+
+class Hold(BaseModel):
+    """Why the plugin paused a deployment: one row per deployment and reason."""
+
+    deployment_id: UUID
+    flow_name: str
+    reason: str
+    """``sequential``, ``quota`` or ``consecutive-errors``."""
+
+    detail: dict[str, Any] = {}
+    """What lifts the hold, e.g. the quota that was full."""
+
+    created_at: datetime

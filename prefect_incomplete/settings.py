@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "default_database_url", "get_settings"]
+__all__ = ["Settings", "default_database_url", "get_settings", "parse_duration"]
 
 PREFIX = "PREFECT_INCOMPLETE_"
 
@@ -41,6 +41,65 @@ class Settings(BaseSettings):
         description=(
             "Store incomplete executions. False: a failure that would be stored "
             "fails the run as an unclassified error would; retries still apply."
+        ),
+    )
+    sequential: bool = Field(
+        default=False,
+        description=(
+            "Sequential processing (Make's 'Sequential processing'): while a flow "
+            "has an open record, its new runs end at once in a state named Held, "
+            "and a deployed flow's schedules are paused until the last open record "
+            "is resolved or discarded. Costs one store query at the start of a run."
+        ),
+    )
+    data_loss: bool = Field(
+        default=False,
+        description=(
+            "Allow data loss (Make's 'Allow storing of incomplete executions' with "
+            "'Data loss'): when a quota is full, drop the new record with a warning "
+            "and a prefect-incomplete.dropped event. False: the run fails naming the "
+            "quota and a deployed flow's schedules are paused until space is freed."
+        ),
+    )
+    flow_quota_count: int = Field(
+        default=1000, ge=0, description="Most open records one flow may have; 0: none."
+    )
+    flow_quota_bytes: int = Field(
+        default=100_000_000,
+        ge=0,
+        description="Most bytes of open records one flow may have; 0: no limit.",
+    )
+    total_quota_count: int = Field(
+        default=10_000, ge=0, description="Most open records in the store; 0: no limit."
+    )
+    total_quota_bytes: int = Field(
+        default=1_000_000_000,
+        ge=0,
+        description="Most bytes of open records in the store; 0: no limit.",
+    )
+    consecutive_errors: int = Field(
+        default=3,
+        ge=0,
+        description=(
+            "Make's 'Number of consecutive errors': after this many failed runs in "
+            "a row of a deployed flow, its schedules are paused and a "
+            "prefect-incomplete.deactivated event says why. DataError, "
+            "ConnectionError and ModuleTimeoutError do not count; 0 turns it off."
+        ),
+    )
+    confidential: bool = Field(
+        default=False,
+        description=(
+            "Fusion's 'Data is confidential': records keep what a resume needs, "
+            "but artifacts, events and the CLI show no parameter, input or output "
+            "values and no error messages, only step names and kinds."
+        ),
+    )
+    purge_after: str | None = Field(
+        default=None,
+        description=(
+            "Retention: the auto-retry worker deletes resolved and discarded "
+            "records last changed longer ago than this (e.g. 30d, 12h)."
         ),
     )
     testing: bool = Field(
@@ -107,12 +166,38 @@ class Settings(BaseSettings):
             kind_named(name)
         return value
 
+    @field_validator("purge_after")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
     @field_validator("auto_retry_schedule")
     @classmethod
     def _non_negative(cls, value: list[float]) -> list[float]:
         if any(delay < 0 for delay in value):
             raise ValueError("auto_retry_schedule delays must be >= 0 seconds")
         return value
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``30d``, ``12h``, ``90m``, ``45s`` or ``2w``."""
+    value = text.strip().lower()
+    number, unit = value[:-1], value[-1:]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in _UNITS or amount < 0:
+        raise ValueError(
+            f"cannot read the duration {text!r}: use a number and a unit, "
+            "e.g. 30d, 12h, 90m, 45s or 2w"
+        )
+    return amount * _UNITS[unit]
 
 
 _cache: tuple[tuple[tuple[str, str], ...], Settings] | None = None

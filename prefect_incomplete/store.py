@@ -23,6 +23,7 @@ date the first time a process opens a store.
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import os
 import re
@@ -37,6 +38,7 @@ from uuid import UUID
 from pydantic import TypeAdapter
 from sqlalchemy import (
     URL,
+    Boolean,
     CheckConstraint,
     Connection,
     CursorResult,
@@ -80,6 +82,7 @@ from prefect_incomplete.models import (
     OPEN_STATUSES,
     Encoded,
     FailedStep,
+    Hold,
     IncompleteExecution,
     Status,
     StepOutput,
@@ -258,6 +261,7 @@ class ExecutionRow(Base):
     last_flow_run_id: Mapped[str | None] = mapped_column(String(36))
     claimed_by: Mapped[str | None] = mapped_column(String)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    confidential: Mapped[bool | None] = mapped_column(Boolean, default=False)
 
     steps: Mapped[list[StepRow]] = relationship(
         cascade="all, delete-orphan",
@@ -292,6 +296,18 @@ class StepRow(Base):
     edited: Mapped[str | None] = mapped_column(Text)
     inputs_fingerprint: Mapped[str | None] = mapped_column(String)
     output: Mapped[str | None] = mapped_column(Text)
+
+
+class HoldRow(Base):
+    """A reason the plugin paused a deployment; the pause ends with the last one."""
+
+    __tablename__ = "incomplete_holds"
+
+    deployment_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    flow_name: Mapped[str] = mapped_column(String)
+    detail: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 # --- conversion between rows and models -------------------------------------
@@ -347,6 +363,11 @@ def _size(record: IncompleteExecution) -> int:
         total += sum(value.size for value in failed.inputs.values())
         total += len(failed.message.encode()) + len(failed.traceback.encode())
     return total + sum(step.output.size for step in record.completed_steps)
+
+
+def record_size(record: IncompleteExecution) -> int:
+    """What `record` takes in the store, in bytes: the measure quotas use."""
+    return _size(record)
 
 
 def _normalized(record: IncompleteExecution) -> IncompleteExecution:
@@ -421,6 +442,7 @@ def _record_values(record: IncompleteExecution) -> dict[str, Any]:
         "last_flow_run_id": _str_or_none(record.last_flow_run_id),
         "claimed_by": record.claimed_by,
         "lease_expires_at": record.lease_expires_at,
+        "confidential": record.confidential,
     }
 
 
@@ -471,6 +493,7 @@ def _to_record(row: ExecutionRow) -> IncompleteExecution:
         last_flow_run_id=_uuid_or_none(row.last_flow_run_id),
         claimed_by=row.claimed_by,
         lease_expires_at=row.lease_expires_at,
+        confidential=bool(row.confidential),
     )
 
 
@@ -924,6 +947,63 @@ class Store:
         if limit is not None:
             statement = statement.limit(limit)
         return self._select("list due incomplete executions", statement)
+
+    # --- holds on deployments ---
+
+    def add_hold(
+        self,
+        deployment_id: UUID,
+        *,
+        flow_name: str,
+        reason: str,
+        detail: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record why a deployment is paused; True if it held nothing before."""
+        key = str(deployment_id)
+        with self._transaction(f"hold deployment {key}") as session:
+            held = session.scalars(
+                select(HoldRow.reason).where(HoldRow.deployment_id == key)
+            ).all()
+            if reason not in held:
+                session.add(
+                    HoldRow(
+                        deployment_id=key,
+                        reason=reason,
+                        flow_name=flow_name,
+                        detail=json.dumps(detail or {}),
+                        created_at=_now(),
+                    )
+                )
+        return not held
+
+    def remove_hold(self, deployment_id: UUID, reason: str) -> int:
+        """Forget one reason for a pause; gives how many reasons remain."""
+        key = str(deployment_id)
+        with self._transaction(f"release deployment {key}") as session:
+            session.execute(
+                delete(HoldRow).where(
+                    HoldRow.deployment_id == key, HoldRow.reason == reason
+                )
+            )
+            remaining = session.scalar(
+                select(func.count()).where(HoldRow.deployment_id == key)
+            )
+        return int(remaining or 0)
+
+    def holds(self) -> builtins.list[Hold]:
+        """Every reason the plugin holds a deployment paused, oldest first."""
+        with self._transaction("read holds", write=False) as session:
+            rows = session.scalars(select(HoldRow).order_by(HoldRow.created_at)).all()
+            return [
+                Hold(
+                    deployment_id=UUID(row.deployment_id),
+                    flow_name=row.flow_name,
+                    reason=row.reason,
+                    detail=json.loads(row.detail),
+                    created_at=row.created_at,
+                )
+                for row in rows
+            ]
 
     def usage(self, flow: str | None = None) -> tuple[int, int]:
         """How many records are not resolved or discarded, and their bytes."""

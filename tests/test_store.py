@@ -177,6 +177,7 @@ def full_record() -> IncompleteExecution:
         last_flow_run_id=uuid4(),
         claimed_by="run-7",
         lease_expires_at=T0 + timedelta(hours=1),
+        confidential=True,
     )
 
 

@@ -428,7 +428,7 @@ class TestBadInputFailsAtDecoration:
 
     def test_task_options_on_a_flow(self) -> None:
         """A task's option given to a flow is refused with the reason."""
-        with pytest.raises(TypeError, match="options of a resumable task"):
+        with pytest.raises(TypeError, match="option of a resumable task"):
             resumable(step="x")(flow(lambda: 1))
 
     def test_bad_global_setting(self, monkeypatch: pytest.MonkeyPatch) -> None:

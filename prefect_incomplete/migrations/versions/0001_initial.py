@@ -39,7 +39,19 @@ def upgrade() -> None:
         sa.Column("last_flow_run_id", sa.String(36), nullable=True),
         sa.Column("claimed_by", sa.String(), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("confidential", sa.Boolean(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_incomplete_executions")),
+    )
+    op.create_table(
+        "incomplete_holds",
+        sa.Column("deployment_id", sa.String(36), nullable=False),
+        sa.Column("reason", sa.String(32), nullable=False),
+        sa.Column("flow_name", sa.String(), nullable=False),
+        sa.Column("detail", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "deployment_id", "reason", name=op.f("pk_incomplete_holds")
+        ),
     )
     op.create_index(
         "ix_incomplete_executions_flow_name_status",
@@ -82,7 +94,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Drop both tables, and with them every stored record."""
+    """Drop the tables, and with them every stored record."""
+    op.drop_table("incomplete_holds")
     op.drop_table("incomplete_steps")
     op.drop_index(
         "ix_incomplete_executions_status_next_retry_at",
