@@ -55,14 +55,16 @@ class Settings(BaseSettings):
     data_loss: bool = Field(
         default=False,
         description=(
-            "Allow data loss (Make's 'Allow storing of incomplete executions' with "
-            "'Data loss'): when a quota is full, drop the new record with a warning "
+            "Make's 'Enable data loss': "
+            "when a quota is full, drop the new record with a warning "
             "and a prefect-incomplete.dropped event. False: the run fails naming the "
             "quota and a deployed flow's schedules are paused until space is freed."
         ),
     )
     flow_quota_count: int = Field(
-        default=1000, ge=0, description="Most open records one flow may have; 0: none."
+        default=1000,
+        ge=0,
+        description="Most open records one flow may have; 0: no limit.",
     )
     flow_quota_bytes: int = Field(
         default=100_000_000,
