@@ -29,6 +29,7 @@ __all__ = [
     "hold",
     "lift_holds",
     "quota_problem",
+    "release",
 ]
 
 logger = logging.getLogger("prefect_incomplete")
@@ -150,12 +151,11 @@ def release(store: Any, deployment_id: UUID, reason: str) -> bool:
     if not matching:
         return False
     if store.remove_hold(deployment_id, reason) == 0:
-        _resume_deployment(deployment_id, matching[0].flow_name, reason)
-        return True
+        return _resume_deployment(deployment_id, matching[0].flow_name, reason)
     return False
 
 
-def _resume_deployment(deployment_id: UUID, flow_name: str, reason: str) -> None:
+def _resume_deployment(deployment_id: UUID, flow_name: str, reason: str) -> bool:
     from prefect.client.orchestration import get_client
 
     try:
@@ -168,10 +168,11 @@ def _resume_deployment(deployment_id: UUID, flow_name: str, reason: str) -> None
             deployment_id,
             exc,
         )
-        return
+        return False
     logger.info(
         "Resumed the schedules of deployment %s of flow %s", deployment_id, flow_name
     )
+    return True
 
 
 def counts_as_error(kind: str | None, first_step: bool) -> bool:

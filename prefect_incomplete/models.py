@@ -156,12 +156,17 @@ class IncompleteExecution(BaseModel):
         return str(self.id)[:8]
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-ready view without payloads, for ``--json`` and events."""
+        """A JSON-ready view without payloads, for ``--json`` and events.
+
+        A confidential record shows no values and no error texts.
+        """
         data = self.model_dump(mode="json")
         for name, value in data["parameters"].items():
             data["parameters"][name] = value["preview"]
         for step in data["failed_steps"]:
             step["inputs"] = {k: v["preview"] for k, v in step["inputs"].items()}
+            if self.confidential:
+                step["message"] = step["traceback"] = "(confidential)"
         data["completed_steps"] = [
             {
                 "key": s["key"],

@@ -541,4 +541,8 @@ def retry_due(
             outcomes.append(resume(record.id, store=store))
         except ResumeError as exc:
             outcomes.append(exc)
+        except Exception as exc:  # one record's failure must not stop the pass
+            outcomes.append(
+                ResumeError(f"{record.short_id}: {type(exc).__name__}: {exc}")
+            )
     return outcomes
