@@ -97,7 +97,7 @@ def paused(deployment_id: UUID) -> bool:
 
 
 def test_sequential_processing_holds_runs_and_pauses_schedules() -> None:
-    """An open record pauses the schedules and holds new runs; resolving resumes them."""
+    """An open record pauses schedules and holds new runs; resolving resumes them."""
     deployment_id = deploy(sequential_orders, "sequential")
     FAILURE[0] = errors.DataError("order 2 has no address")
 
@@ -112,7 +112,7 @@ def test_sequential_processing_holds_runs_and_pauses_schedules() -> None:
     assert held.name == "Held"
     assert record.short_id in held.message
     assert held_here.name == "Held"
-    assert CALLS == calls_before
+    assert calls_before == CALLS
 
     FAILURE[0] = None
     started = resume(record.short_id)
@@ -215,7 +215,7 @@ def test_a_success_resets_and_data_errors_do_not_count() -> None:
 
 
 def test_confidential_flow_shows_no_values() -> None:
-    """Confidential: no parameter, input, output or message in artifacts, events, CLI."""
+    """Confidential: no value or message reaches artifacts, events or the CLI."""
     marker = "MARKER-7c1e-CONFIDENTIAL"
 
     @resumable

@@ -44,7 +44,8 @@ def test_readme_lists_every_setting_with_its_description() -> None:
     readme = (ROOT / "README.md").read_text()
     for name, field in Settings.model_fields.items():
         assert f"`PREFECT_INCOMPLETE_{name.upper()}`" in readme
-        assert field.description and field.description in readme
+        assert field.description
+        assert field.description in readme
 
 
 def test_readme_first_screen_shows_both_commands() -> None:
