@@ -788,7 +788,7 @@ def worker(
 
     if once:
         with _failing_as("could not retry the due records"):
-            lines = _retry_due(store)
+            lines = _retry_due(store) + _scheduled_purge(store)
         if _report(lines, stamp=True):
             raise typer.Exit(1)
         return
@@ -803,10 +803,30 @@ def worker(
         typer.echo("Stopped.")
 
 
+def _scheduled_purge(store: Store) -> list[tuple[str, str]]:
+    """With PREFECT_INCOMPLETE_PURGE_AFTER set, delete old closed records."""
+    from prefect_incomplete.settings import get_settings, parse_duration
+
+    after = get_settings().purge_after
+    if after is None:
+        return []
+    cutoff = datetime.now(UTC) - timedelta(seconds=parse_duration(after))
+    purged = store.purge(
+        older_than=cutoff, statuses=[Status.RESOLVED, Status.DISCARDED]
+    )
+    return [
+        (
+            f"purged {record.short_id} ({record.status.value}, older than {after})",
+            "purged",
+        )
+        for record in purged
+    ]
+
+
 def _serve(store: Store, interval: float) -> NoReturn:
     while True:
         try:
-            _report(_retry_due(store), stamp=True)
+            _report(_retry_due(store) + _scheduled_purge(store), stamp=True)
         except Exception as exc:  # the worker outlives one failed pass
             logger.debug("Retry pass failed", exc_info=True)
             typer.echo(

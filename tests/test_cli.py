@@ -1087,3 +1087,20 @@ def test_worker_refuses_a_bad_interval(
 ) -> None:
     """--interval must be positive."""
     assert "--interval" in one_error_line(run(runner, "worker", "--interval", interval))
+
+
+def test_worker_purges_on_schedule(
+    runner: CliRunner,
+    store: Store,
+    seeded: dict[str, IncompleteExecution],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With PREFECT_INCOMPLETE_PURGE_AFTER, a worker pass purges old closed records."""
+    monkeypatch.setenv("PREFECT_INCOMPLETE_PURGE_AFTER", "30d")
+
+    result = run(runner, "worker", "--once")
+
+    assert result.exit_code == 0, result.output
+    gone = {seeded["resolved"].id, seeded["old_discarded"].id}
+    assert set(statuses(store)) == {r.id for r in seeded.values()} - gone
+    assert result.stdout.count("purged ") == 2
