@@ -1,0 +1,1 @@
+"""The example integration flow of prefect-incomplete and its loopback services."""
