@@ -38,7 +38,7 @@ logger = logging.getLogger("prefect_incomplete")
 EVENTS = ("stored", "resumed", "resolved", "discarded", "dropped", "deactivated")
 """What ``prefect-incomplete.<what>`` events exist."""
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#|~!])")
 
 
 def artifact_key(record: IncompleteExecution) -> str:
@@ -102,10 +102,10 @@ def render_markdown(record: IncompleteExecution) -> str:
             "",
             f"**Kind:** {step.kind or 'unclassified'}  ",
             f"**Task:** {escape(step.task_name)}  ",
-            "**Message:** (confidential)"
-            if confidential
-            else f"**Message:** {escape(step.message)}",
+            "**Message:** (confidential)" if confidential else "**Message:**",
         ]
+        if not confidential:
+            lines += ["", _code(step.message)]
         if not confidential and step.inputs:
             lines += ["", "| input | value |", "|---|---|"]
             lines += [

@@ -778,7 +778,9 @@ def worker(
     ] = 30.0,
     once: Annotated[
         bool,
-        typer.Option("--once", help="Make one pass and exit (1 if a retry failed)."),
+        typer.Option(
+            "--once", help="Make one pass and exit (1 if a retry could not start)."
+        ),
     ] = False,
 ) -> None:
     """Retry the due incomplete executions, every --interval seconds until stopped."""

@@ -68,6 +68,29 @@ class ResumeStarted:
     seconds_to_start: float | None = None
 
 
+@dataclass(frozen=True)
+class Typed:
+    """A value typed on a command line: its JSON reading, and the text itself.
+
+    The JSON reading is used unless the signature refuses it and takes the
+    text, so ``--set quantity=2`` gives a ``str`` parameter ``"2"``.
+    """
+
+    text: str
+    parsed: Any
+
+    def candidates(self) -> list[Any]:
+        return [self.parsed, self.text]
+
+
+def _candidates(value: Any) -> list[Any]:
+    return value.candidates() if isinstance(value, Typed) else [value]
+
+
+def _plain(value: Any) -> Any:
+    return value.parsed if isinstance(value, Typed) else value
+
+
 def parse_assignments(items: list[str], *, what: str) -> dict[str, Any]:
     """``NAME=VALUE`` strings as a dict; VALUE is JSON if it parses, else text."""
     parsed: dict[str, Any] = {}
@@ -83,7 +106,7 @@ def parse_assignments(items: list[str], *, what: str) -> dict[str, Any]:
                 )
             )
         try:
-            value: Any = json.loads(raw)
+            value: Any = Typed(text=raw, parsed=json.loads(raw))
         except ValueError:
             value = raw
         parsed[name.strip()] = value
@@ -247,27 +270,30 @@ def _failed_step(record: IncompleteExecution, ref: str) -> Any:
 def _validated_input(flow: Any, step: Any, arg: str, value: Any) -> Any:
     task = _find_task(flow, step.task_name) if flow is not None else None
     if task is None:
-        return value
+        return _plain(value)
     import inspect
 
     from pydantic import TypeAdapter, ValidationError
 
     parameter = inspect.signature(task.fn).parameters.get(arg)
     if parameter is None or parameter.annotation is inspect.Parameter.empty:
-        return value
+        return _plain(value)
     annotation = parameter.annotation
     if isinstance(annotation, str):
         hints = _type_hints(task.fn)
         annotation = hints.get(arg, Any)
-    try:
-        TypeAdapter(annotation).validate_python(value)
-    except ValidationError as exc:
-        problem = exc.errors()[0]["msg"]
-        raise ResumeError(
-            f"--set {step.key}.{arg}: {value!r} is not a valid {arg!r} for task "
-            f"{step.task_name}: {problem}"
-        ) from None
-    return value
+    problem = ""
+    for candidate in _candidates(value):
+        try:
+            TypeAdapter(annotation).validate_python(candidate)
+        except ValidationError as exc:
+            problem = problem or exc.errors()[0]["msg"]
+            continue
+        return candidate
+    raise ResumeError(
+        f"--set {step.key}.{arg}: {_plain(value)!r} is not a valid {arg!r} for task "
+        f"{step.task_name}: {problem}"
+    )
 
 
 def _type_hints(fn: Any) -> dict[str, Any]:
@@ -314,17 +340,25 @@ def _param_edits(
             f"flow {record.flow_name} has no parameter {unknown[0]!r}; its parameters "
             f"are: {known}"
         )
-    if flow is not None:
-        from prefect.exceptions import ParameterTypeError
+    if flow is None:
+        return {name: _plain(value) for name, value in edits.items()}
+    from prefect.exceptions import ParameterTypeError
 
-        try:
-            current = _decoded_parameters(record)
-            flow.validate_parameters({**current, **edits})
-        except ParameterTypeError as exc:
-            raise ResumeError(
-                f"--param rejected by flow {record.flow_name}: {exc}"
-            ) from None
-    return edits
+    current = _decoded_parameters(record)
+    chosen: dict[str, Any] = {}
+    for name, value in edits.items():
+        problem: Exception | None = None
+        for candidate in _candidates(value):
+            try:
+                flow.validate_parameters({**current, **chosen, name: candidate})
+            except ParameterTypeError as exc:
+                problem = problem or exc
+                continue
+            chosen[name] = candidate
+            break
+        else:
+            raise ResumeError(f"--param rejected by flow {record.flow_name}: {problem}")
+    return chosen
 
 
 def _decoded_parameters(record: IncompleteExecution) -> dict[str, Any]:

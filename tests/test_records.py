@@ -435,18 +435,42 @@ def test_secrets_reach_no_artifact_log_or_cli(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_error_text_cannot_inject_markup() -> None:
-    """Markdown and HTML in an error message are escaped in the artifact."""
-    state = run_state(
-        kind_flow(errors.DataError("<script>alert(1)</script> **bold** [x](y)"))
-    )
+    """Markup in an error message or an input stays inert text in the artifact."""
+    evil = "<script>alert(1)</script> **bold** [x](y) ```"
+
+    @resumable
+    @task
+    def fetch() -> int:
+        return 1
+
+    @resumable
+    @task
+    def push(note: str) -> None:
+        raise errors.DataError(evil)
+
+    @resumable
+    @flow
+    def job() -> None:
+        fetch()
+        push(evil)
+
+    state = run_state(job)
 
     (record,) = Store().list()
     artifact = read_artifact(artifact_key(record))
     assert state.name == "Incomplete"
-    assert "<script>" not in artifact.data
-    assert "&lt;script&gt;" in artifact.data
-    assert "**bold**" not in artifact.data
-    assert "[x](y)" not in artifact.data
+    fence = "````"
+    opened = artifact.data.index(fence + "text\n")
+    closed = artifact.data.index("\n" + fence, opened + 1)
+    inside, outside = (
+        artifact.data[opened:closed],
+        artifact.data.replace(artifact.data[opened:closed], ""),
+    )
+    assert evil in inside
+    assert "<script>" not in outside
+    assert "&lt;script&gt;" in outside
+    assert "**bold**" not in outside
+    assert "[x](y)" not in outside
 
 
 def test_values_json_cannot_hold_are_pickled_or_refused(

@@ -465,3 +465,24 @@ def test_a_run_for_a_closed_record_does_nothing() -> None:
     assert state.name == "NotResumed"
     assert "resolved" in state.message
     assert calls_before == flows.CALLS
+
+
+def test_command_line_values_keep_their_text_when_the_type_wants_it() -> None:
+    """`--param day=20261202` stays the text "20261202" for a `day: str` parameter."""
+    from prefect_incomplete.resume import parse_assignments
+
+    record = first_run()
+    params = parse_assignments(["day=20261202"], what="--param")
+    edits = parse_assignments(['price[2].order={"id": 2, "qty": 5}'], what="--set")
+
+    started = resume(record.short_id, params=params, set_inputs=edits)
+
+    assert started.state_name == "Completed"
+    assert decode_parameter(Store().get(record.id), "day") == "20261202"
+    assert {"id": 2, "qty": 5, "total": 50} in flows.RECEIVED
+
+
+def decode_parameter(record: Any, name: str) -> Any:
+    from prefect_incomplete._serialize import decode
+
+    return decode(record.parameters[name])
