@@ -142,6 +142,7 @@ def _wrap(
                 return run.failed(exc)
             finally:
                 current_ledger.reset(token)
+                run.stop_lease()
             run.succeeded()
             return result
 
@@ -165,6 +166,7 @@ def _wrap(
             return run.failed(exc)
         finally:
             current_ledger.reset(token)
+            run.stop_lease()
         run.succeeded()
         return result
 
@@ -244,7 +246,12 @@ class _Run:
             return args, kwargs
         return (), dict(self.ledger.parameters)
 
+    def stop_lease(self) -> None:
+        if self.ledger.lease is not None:
+            self.ledger.lease.stop()
+
     def succeeded(self) -> None:
+        self.stop_lease()
         if self.ledger.record is None:
             return
         from prefect_incomplete._resuming import resolved
@@ -255,6 +262,7 @@ class _Run:
         """The run's final state for `exc`; raises `exc` when nothing is stored."""
         from prefect_incomplete._recording import store_failure
 
+        self.stop_lease()
         step = self._step_that_failed(exc)
         state = store_failure(self.ledger, self.context, self.config, exc, step)
         note = self._count_error(exc, step)

@@ -88,6 +88,9 @@ class Ledger:
     parameters: dict[str, Any] | None = None
     """The flow parameters a resume runs with (the record's, with edits)."""
 
+    lease: Any = None
+    """A resume's `LeaseKeeper`, stopped when the run ends."""
+
     steps: list[Step] = field(default_factory=list)
     _calls: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)

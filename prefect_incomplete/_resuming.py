@@ -88,6 +88,7 @@ def take_over(
 
     record = store.get(record_id)
     _fill(ledger, record)
+    ledger.lease = LeaseKeeper(store, record_id, holder, lease)
     _log(context).info(
         "Resuming incomplete execution %s (attempt %d): %d step(s) to replay",
         record.short_id,
@@ -195,3 +196,39 @@ def _log(
     if context is None:
         return logger
     return get_run_logger(context)
+
+
+class LeaseKeeper:
+    """Renews a resumed run's claim while the run lasts, so a long run keeps it.
+
+    A thread renews the lease every third of its length; `stop` ends it.
+    If the run's process dies, renewals stop and the lease runs out.
+    """
+
+    def __init__(self, store: Any, record_id: UUID, holder: str, seconds: float):
+        import threading
+
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._renew,
+            args=(store, record_id, holder, seconds),
+            name=f"prefect-incomplete-lease-{str(record_id)[:8]}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _renew(self, store: Any, record_id: UUID, holder: str, seconds: float) -> None:
+        while not self._stopped.wait(seconds / 3):
+            try:
+                if not store.renew(record_id, holder, lease_seconds=seconds):
+                    logger.warning(
+                        "The claim on incomplete execution %s was lost; another "
+                        "resume may run it",
+                        str(record_id)[:8],
+                    )
+                    return
+            except Exception as exc:  # the store may come back before the lease ends
+                logger.warning("Could not renew the claim on %s: %s", record_id, exc)
+
+    def stop(self) -> None:
+        self._stopped.set()

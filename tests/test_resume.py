@@ -486,3 +486,25 @@ def decode_parameter(record: Any, name: str) -> Any:
     from prefect_incomplete._serialize import decode
 
     return decode(record.parameters[name])
+
+
+def test_a_long_resume_keeps_its_claim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed run renews its lease: a second resume after the first lease ends
+    is still refused while the run goes on."""
+    record = first_run()
+    monkeypatch.setenv("PREFECT_INCOMPLETE_LEASE_SECONDS", "0.9")
+    flows.SLOW_PUSH_SECONDS[0] = 2.0
+    outcomes: list[Any] = []
+
+    def resume_now() -> None:
+        outcomes.append(resume(record.short_id, set_inputs=fix(1)))
+
+    first = threading.Thread(target=resume_now)
+    first.start()
+    time.sleep(2.5)
+    with pytest.raises(ResumeError, match="already being resumed"):
+        resume(record.short_id, set_inputs=fix(1))
+    first.join(timeout=60)
+
+    assert outcomes[0].state_name == "Completed"
+    assert flows.CALLS["price-2"] == 2
