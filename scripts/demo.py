@@ -353,7 +353,7 @@ def correct_and_resume(api: OrdersAPI, mail: MailServer, bad_rows: Any) -> None:
         "resume",
         bad_rows.short_id,
         "--set",
-        'validate_order[2].quantity=2',
+        "validate_order[2].quantity=2",
         "--set",
         "validate_order[3].customer_email=gus@example.com",
     )
