@@ -1056,6 +1056,12 @@ def reactivate(
         return
 
     left = ", ".join(h.reason for h in holds if h.reason != _DEACTIVATED)
+    if not left:
+        _fail(
+            f"the consecutive-errors hold on deployment {deployment_id} is lifted, "
+            "but Prefect did not resume it (see the log above); resume it with: "
+            "prefect deployment resume FLOW/DEPLOYMENT"
+        )
     typer.echo(
         f"lifted the consecutive-errors hold on deployment {deployment_id}; "
         f"it stays paused for: {left}"

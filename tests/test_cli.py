@@ -34,7 +34,7 @@ from prefect_incomplete.models import (
     Status,
     StepOutput,
 )
-from prefect_incomplete.resume import ResumeError, ResumeStarted
+from prefect_incomplete.resume import ResumeError, ResumeStarted, Typed
 from prefect_incomplete.store import Store, StoreError
 
 TOKEN = "tok-4f9c1e-never-shown"
@@ -606,8 +606,9 @@ def resumed_deployments(monkeypatch: pytest.MonkeyPatch) -> list[UUID]:
     """Deployments the plugin resumes, recorded instead of calling Prefect's API."""
     resumed: list[UUID] = []
 
-    def resume_deployment(deployment_id: UUID, flow_name: str, reason: str) -> None:
+    def resume_deployment(deployment_id: UUID, flow_name: str, reason: str) -> bool:
         resumed.append(deployment_id)
+        return True
 
     monkeypatch.setattr(_controls, "_resume_deployment", resume_deployment)
     return resumed
@@ -893,7 +894,12 @@ def test_resume_passes_the_edits_and_reports_the_resolved_run(
     assert fake.calls == [
         {
             "record_id": record.id,
-            "set_inputs": {"push_order[2].order": {"id": 17, "customer": "c-9"}},
+            "set_inputs": {
+                "push_order[2].order": Typed(
+                    text='{"id": 17, "customer": "c-9"}',
+                    parsed={"id": 17, "customer": "c-9"},
+                )
+            },
             "params": {"day": "2026-12-02"},
             "via": "local",
         }

@@ -4,12 +4,12 @@ consecutive errors and confidential data."""
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from typing import Any
 from uuid import UUID
 
 import pytest
+from _api import read_artifacts, wait_for_event
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.flow_engine import run_flow
@@ -171,7 +171,8 @@ def test_full_quota_with_data_loss_drops_the_record(
     assert len(Store().list()) == 1
     assert not paused(deployment_id)
     event = wait_for_event(
-        "prefect-incomplete.dropped", second.state_details.flow_run_id
+        "prefect-incomplete.dropped",
+        related=run_resource(second.state_details.flow_run_id),
     )
     assert "quota full" in event["payload"]["reason"]
 
@@ -188,7 +189,8 @@ def test_consecutive_errors_deactivate_the_deployment() -> None:
     assert "Deployment paused" not in states[1].message
     assert paused(deployment_id)
     event = wait_for_event(
-        "prefect-incomplete.deactivated", states[2].state_details.flow_run_id
+        "prefect-incomplete.deactivated",
+        related=run_resource(states[2].state_details.flow_run_id),
     )
     assert event["payload"]["limit"] == 3
 
@@ -248,7 +250,12 @@ def test_confidential_flow_shows_no_values() -> None:
         runner.invoke(app, ["ls", "--json"]).output,
         runner.invoke(app, ["ls"]).output,
         read_artifact_text(artifact_key(record)),
-        json.dumps(wait_for_event("prefect-incomplete.stored", record.flow_run_id)),
+        json.dumps(
+            wait_for_event(
+                "prefect-incomplete.stored",
+                related=run_resource(record.flow_run_id),
+            )
+        ),
         state.message,
     ]
     for text in shown:
@@ -276,31 +283,9 @@ def test_negative_quota_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> N
         Settings()
 
 
+def run_resource(flow_run_id: Any) -> str:
+    return f"prefect.flow-run.{flow_run_id}"
+
+
 def read_artifact_text(key: str) -> str:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
-        )
-    return "\n".join(str(artifact.data) for artifact in found)
-
-
-def wait_for_event(name: str, flow_run_id: Any, timeout: float = 20) -> dict[str, Any]:
-    """The first event called `name` related to the flow run, read from the server."""
-    deadline = time.monotonic() + timeout
-    body = {
-        "filter": {
-            "event": {"name": [name]},
-            "related": {"id": [f"prefect.flow-run.{flow_run_id}"]},
-        },
-        "limit": 5,
-    }
-    while time.monotonic() < deadline:
-        with get_client(sync_client=True) as client:
-            found = client.request("POST", "/events/filter", json=body).json()
-        if found.get("events"):
-            event: dict[str, Any] = found["events"][0]
-            return event
-        time.sleep(0.5)
-    raise AssertionError(f"no {name} event for flow run {flow_run_id} in {timeout} s")
+    return "\n".join(str(artifact.data) for artifact in read_artifacts(key))

@@ -9,15 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _api import read_artifacts, wait_for_event
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterKey,
     LogFilter,
     LogFilterFlowRunId,
 )
-from prefect.client.schemas.sorting import ArtifactSort
 from pydantic import SecretStr
 
 from prefect_incomplete import Status, errors, resumable
@@ -38,11 +36,8 @@ def run_state(job: Any, **parameters: Any) -> Any:
 
 
 def read_artifact(key: str) -> Any:
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-            sort=ArtifactSort.CREATED_DESC,
-        )
+    """The newest version of the artifact with `key`, or None."""
+    found = read_artifacts(key)
     return found[0] if found else None
 
 
@@ -512,7 +507,9 @@ def test_stored_event_names_record_and_flow_run() -> None:
     state = run_state(kind_flow(errors.DataError("bad")))
     (record,) = Store().list()
 
-    event = wait_for_event("prefect-incomplete.stored", record.id)
+    event = wait_for_event(
+        "prefect-incomplete.stored", resource=f"prefect-incomplete.record.{record.id}"
+    )
 
     assert (
         event["resource"]["prefect.resource.id"]
@@ -521,24 +518,3 @@ def test_stored_event_names_record_and_flow_run() -> None:
     related = {r["prefect.resource.id"] for r in event["related"]}
     assert f"prefect.flow-run.{state.state_details.flow_run_id}" in related
     assert event["payload"]["failed_steps"][0]["kind"] == "DataError"
-
-
-def wait_for_event(name: str, record_id: Any, timeout: float = 20) -> dict[str, Any]:
-    """The first event called `name` about the record, read from the server."""
-    deadline = time.monotonic() + timeout
-    body = {
-        "filter": {
-            "event": {"name": [name]},
-            "resource": {"id": [f"prefect-incomplete.record.{record_id}"]},
-            "any_resource": None,
-        },
-        "limit": 5,
-    }
-    while time.monotonic() < deadline:
-        with get_client(sync_client=True) as client:
-            found = client.request("POST", "/events/filter", json=body).json()
-        if found.get("events"):
-            event: dict[str, Any] = found["events"][0]
-            return event
-        time.sleep(0.5)
-    raise AssertionError(f"no {name} event for {record_id} within {timeout} s")
