@@ -122,55 +122,82 @@ def _with_resume_parameter(signature: inspect.Signature) -> inspect.Signature:
 def _wrap(
     original: Callable[..., Any], flow: Flow[Any, Any], config: FlowConfig
 ) -> Callable[..., Any]:
+    """The flow's new function. It refers to nothing but its closure and an
+    import, so that cloudpickle (which ``serve`` uses to hand a flow to its run
+    process) can copy it by value."""
     if inspect.iscoroutinefunction(original):
 
         @functools.wraps(original)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
-            record_id = kwargs.pop(RESUME_PARAMETER, None)
-            try:
-                run = _Run.begin(config, original, record_id)
-            except ResumeRefused as refused:
-                return not_resumed(refused)
-            held = run.held()
-            if held is not None:
-                return held
-            token = current_ledger.set(run.ledger)
-            try:
-                args, kwargs = run.arguments(args, kwargs)
-                result = await original(*args, **kwargs)
-            except Exception as exc:
-                return run.failed(exc)
-            finally:
-                current_ledger.reset(token)
-                run.stop_lease()
-            run.succeeded()
-            return result
+            from prefect_incomplete._flow import call_async
+
+            return await call_async(config, original, args, kwargs)
 
         return run_async
 
     @functools.wraps(original)
     def run_sync(*args: Any, **kwargs: Any) -> Any:
-        record_id = kwargs.pop(RESUME_PARAMETER, None)
-        try:
-            run = _Run.begin(config, original, record_id)
-        except ResumeRefused as refused:
-            return not_resumed(refused)
-        held = run.held()
-        if held is not None:
-            return held
-        token = current_ledger.set(run.ledger)
-        try:
-            args, kwargs = run.arguments(args, kwargs)
-            result = original(*args, **kwargs)
-        except Exception as exc:
-            return run.failed(exc)
-        finally:
-            current_ledger.reset(token)
-            run.stop_lease()
-        run.succeeded()
-        return result
+        from prefect_incomplete._flow import call_sync
+
+        return call_sync(config, original, args, kwargs)
 
     return run_sync
+
+
+def call_sync(
+    config: FlowConfig,
+    original: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """One run of a sync resumable flow: ledger, the user's function, outcome."""
+    record_id = kwargs.pop(RESUME_PARAMETER, None)
+    try:
+        run = _Run.begin(config, original, record_id)
+    except ResumeRefused as refused:
+        return not_resumed(refused)
+    held = run.held()
+    if held is not None:
+        return held
+    token = current_ledger.set(run.ledger)
+    try:
+        args, kwargs = run.arguments(args, kwargs)
+        result = original(*args, **kwargs)
+    except Exception as exc:
+        return run.failed(exc)
+    finally:
+        current_ledger.reset(token)
+        run.stop_lease()
+    run.succeeded()
+    return result
+
+
+async def call_async(
+    config: FlowConfig,
+    original: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """One run of an async resumable flow, as `call_sync` for sync ones."""
+    record_id = kwargs.pop(RESUME_PARAMETER, None)
+    try:
+        run = _Run.begin(config, original, record_id)
+    except ResumeRefused as refused:
+        return not_resumed(refused)
+    held = run.held()
+    if held is not None:
+        return held
+    token = current_ledger.set(run.ledger)
+    try:
+        args, kwargs = run.arguments(args, kwargs)
+        result = await original(*args, **kwargs)
+    except Exception as exc:
+        return run.failed(exc)
+    finally:
+        current_ledger.reset(token)
+        run.stop_lease()
+    run.succeeded()
+    return result
 
 
 class _Run:

@@ -508,3 +508,41 @@ def test_a_long_resume_keeps_its_claim(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert outcomes[0].state_name == "Completed"
     assert flows.CALLS["price-2"] == 2
+
+
+def test_flow_survives_cloudpickle_as_serve_sends_it(
+    store_url: str, tmp_path: Any
+) -> None:
+    """`serve` hands a flow to its run process with cloudpickle: that must work."""
+    import os
+    import subprocess
+    import sys
+
+    import cloudpickle
+    from prefect.settings import PREFECT_API_URL
+
+    pickled = tmp_path / "flow.pkl"
+    pickled.write_bytes(cloudpickle.dumps(flows.orders))
+    script = (
+        "import cloudpickle, sys\n"
+        f"job = cloudpickle.loads(open({str(pickled)!r}, 'rb').read())\n"
+        "print(job(return_state=True).name)\n"
+    )
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PYTHONPATH": os.path.dirname(flows.__file__),
+    }
+
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "Incomplete"
+    (record,) = Store().list()
+    assert record.failed_steps[0].key == "price[2]"
