@@ -10,9 +10,7 @@ as a script, this module serves `orders` as the deployment
 ``deployment`` (the default) serves ``orders.to_deployment(...)`` with
 `prefect.serve`: the runner starts each run with ``python -m prefect.engine``,
 which imports the flow from its entrypoint. ``flow`` calls ``orders.serve``:
-the runner pickles the flow object into a subprocess, which a resumable flow
-does not survive (``TypeError: cannot pickle '_contextvars.ContextVar'
-object``), so every run crashes before it starts.
+the runner pickles the flow object with cloudpickle into each run's process.
 
 It reads `PREFECT_API_URL`, `PREFECT_RUNNER_POLL_FREQUENCY` and
 `PREFECT_INCOMPLETE_DATABASE_URL` from the environment.

@@ -23,8 +23,8 @@ all fall at the same point of the runner's poll loop.
     .venv/bin/python benchmarks/resume_latency.py [--repetitions 5] [--poll 1 10]
 
 The runner is `prefect.serve` of ``orders.to_deployment(...)``; ``--serve
-flow`` uses ``orders.serve(...)`` instead, whose runner cannot start a run of
-a resumable flow (see `_latency_flows.py`), so the script stops there.
+flow`` uses ``orders.serve(...)`` instead, whose runner hands the flow to each
+run's process with cloudpickle.
 """
 
 from __future__ import annotations
