@@ -226,7 +226,9 @@ class ResumableTask(Task[Any, Any]):
     ) -> PrefectFuture[Any]:
         step, target = self._open_step(context, parameters)
         if step is not None and step.replayed_from is not None:
-            target, parameters = _replay_task(self, step), {}
+            # A replay takes no parameters, so it has no inputs to link either:
+            # Prefect refuses dependencies for parameters a task run lacks.
+            target, parameters, dependencies = _replay_task(self, step), {}, None
 
         future: PrefectFuture[Any] = context.task_runner.submit(
             target, parameters, wait_for, dependencies

@@ -96,3 +96,10 @@ def order_ids() -> list[int]:
 @flow
 def flaky_orders() -> list[str]:
     return [flaky_push(order) for order in order_ids()]
+
+
+@resumable
+@flow
+def orders_mapped(day: str = "2026-12-01") -> list[str]:
+    priced = price.map(fetch(day))
+    return [push(item) for item in priced.result()]

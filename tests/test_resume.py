@@ -77,6 +77,18 @@ def test_completed_steps_are_replayed_not_rerun() -> None:
     assert done.resolved_by == started.flow_run_id
 
 
+def test_mapped_steps_are_replayed_regression_keyerror() -> None:
+    """Items of a `.map` that completed are replayed; the failed one runs again."""
+    record = first_run(flows.orders_mapped)
+    assert [step.key for step in record.failed_steps] == ["price[2]"]
+
+    started = resume(record.short_id, set_inputs=fix(3))
+
+    assert started.state_name == "Completed"
+    assert ran_once_each() == flows.CALLS
+    assert Store().get(record.id).status is Status.RESOLVED
+
+
 def test_replayed_steps_show_as_replayed_task_runs() -> None:
     """Replayed steps are completed task runs named Replayed in the Prefect API."""
     record = first_run()
