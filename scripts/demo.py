@@ -206,8 +206,32 @@ def api_log(api: OrdersAPI, expected: dict[str, list[int]], since: int = 0) -> i
     return since + len(requests)
 
 
-def task_runs(flow_run_id: Any) -> None:
-    """Print how many task runs of a flow run Prefect shows as Replayed."""
+def task_runs(flow_run_id: Any, replayed: int, ran: dict[str, int]) -> None:
+    """Print, checked, how many task runs of a flow run were Replayed and ran.
+
+    Prefect records task runs from events, a moment after they happen: wait
+    up to 20 s for the server to show what the demo expects.
+    """
+    deadline = time.monotonic() + 20
+    seen = _task_runs(flow_run_id)
+    while seen != (replayed, ran) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        seen = _task_runs(flow_run_id)
+    count, by_name = seen
+    note(
+        f"in Prefect, that flow run has {count} task runs Replayed (their "
+        f"recorded outputs, not run again) and {sum(by_name.values())} that ran: "
+        + (", ".join(f"{name} x{n}" for name, n in sorted(by_name.items())) or "-")
+    )
+    if seen != (replayed, ran):
+        raise DemoFailed(
+            f"Prefect shows {count} Replayed and {by_name} that ran; "
+            f"expected {replayed} Replayed and {ran}"
+        )
+
+
+def _task_runs(flow_run_id: Any) -> tuple[int, dict[str, int]]:
+    """How many task runs of a flow run are Replayed, and the others by task."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter
 
@@ -217,11 +241,7 @@ def task_runs(flow_run_id: Any) -> None:
         )
     replayed = [run for run in runs if run.state and run.state.name == "Replayed"]
     ran = Counter(run.name.rsplit("-", 1)[0] for run in runs if run not in replayed)
-    note(
-        f"in Prefect, that flow run has {len(replayed)} task runs Replayed (their "
-        f"recorded outputs, not run again) and {ran.total()} that ran: "
-        + ", ".join(f"{name} x{count}" for name, count in sorted(ran.items()))
-    )
+    return len(replayed), dict(ran)
 
 
 # --- the demo -------------------------------------------------------------
@@ -252,9 +272,10 @@ def introduce(api: OrdersAPI, mail: MailServer) -> None:
         hang=14,
     )
     say(
-        f"Prefect runs embedded: PREFECT_HOME={os.environ['PREFECT_HOME']}, no "
-        "PREFECT_API_URL, so each process that runs a flow starts a temporary "
-        "Prefect server (a few seconds). The records go to the default store, "
+        "Prefect: scripts/demo started a Prefect server on "
+        f"{os.environ['PREFECT_API_URL'].removesuffix('/api')} with PREFECT_HOME="
+        f"{os.environ['PREFECT_HOME']}, the same as `prefect server start`, and "
+        "stops it at the end. The records go to the plugin's default store, "
         "PREFECT_HOME/incomplete.db. Waits are shortened only by the plugin's "
         "settings: PREFECT_INCOMPLETE_AUTO_RETRY_SCHEDULE="
         f"{os.environ.get('PREFECT_INCOMPLETE_AUTO_RETRY_SCHEDULE')} and "
@@ -269,8 +290,7 @@ def first_runs(api: OrdersAPI, mail: MailServer) -> tuple[Any, Any]:
         f"{DAY_ONE}: four good rows. The first post gets a 429 and is retried in "
         "the run after the Retry-After; the third post meets the outage, is "
         "retried in the run, and the outage outlasts those retries: the run "
-        "stops there and is stored as an incomplete execution WITH auto-retry. "
-        "(The first run in this process also starts Prefect's temporary server.)"
+        "stops there and is stored as an incomplete execution WITH auto-retry."
     )
     outage = run_day(DAY_ONE, api, mail)
     api_log(api, {"A-1001": [429, 201], "A-1002": [201], "A-1003": [503, 503, 503]})
@@ -335,7 +355,7 @@ def auto_retry(api: OrdersAPI, mail: MailServer, outage: Any, seen: int) -> int:
     cli("worker", "--once")
     seen = api_log(api, {}, seen)
     record = expect(outage.id, Status.RESOLVED, 2)
-    task_runs(record.resolved_by)
+    task_runs(record.resolved_by, replayed=13, ran={"send_summary": 1})
     note(f"mail received: {[m['Subject'] for m in mail.messages]}")
     return seen
 
@@ -358,7 +378,16 @@ def correct_and_resume(api: OrdersAPI, mail: MailServer, bad_rows: Any) -> None:
         "validate_order[3].customer_email=gus@example.com",
     )
     record = expect(bad_rows.id, Status.RESOLVED, 1)
-    task_runs(record.resolved_by)
+    task_runs(
+        record.resolved_by,
+        replayed=3,
+        ran={
+            "post_order": 4,
+            "send_summary": 1,
+            "validate_order": 2,
+            "write_receipt": 4,
+        },
+    )
     cli("ls")
 
     say(
@@ -390,7 +419,8 @@ def where_to_look() -> None:
     shown = home.relative_to(ROOT) if home.is_relative_to(ROOT) else home
     say(
         "Every run, task run (the Replayed ones too), log line and record "
-        "artifact is in the demo's Prefect database. Start a server on it:"
+        "artifact is in the demo's Prefect database. The demo's server stops "
+        "with the demo; start one on the same database:"
     )
     print(f"\n{INDENT}  PREFECT_HOME={shown} .venv/bin/prefect server start\n")
     say(
