@@ -63,7 +63,10 @@ def store_failure(
     secret = settings.confidential
     try:
         settled = list(ledger.settled())
-        failed = [_failed_step(s, secret) for s in settled if s.outcome == "failed"]
+        secrets = _secret_texts(context, settled)
+        failed = [
+            _failed_step(s, secret, secrets) for s in settled if s.outcome == "failed"
+        ]
         completed = [_step_output(s, secret) for s in settled if s.outcome in _DONE]
         store = Store()
         if ledger.record is None:
@@ -180,8 +183,16 @@ def _flow_retries_left(context: FlowRunContext) -> bool:
     return bool(retries) and flow_run.run_count <= retries
 
 
-def _failed_step(step: Step, confidential: bool) -> FailedStep:
-    from prefect_incomplete._serialize import encode, resolve_futures
+def _secret_texts(context: FlowRunContext, steps: list[Step]) -> set[str]:
+    """The secrets of the run that no stored message or traceback may quote."""
+    from prefect_incomplete._serialize import resolve_futures, secret_texts
+
+    inputs = [resolve_futures(step.parameters) for step in steps]
+    return secret_texts(dict(context.parameters or {}), *inputs)
+
+
+def _failed_step(step: Step, confidential: bool, secrets: set[str]) -> FailedStep:
+    from prefect_incomplete._serialize import encode, resolve_futures, scrub
     from prefect_incomplete.models import FailedStep
 
     exc = step.exception
@@ -193,8 +204,8 @@ def _failed_step(step: Step, confidential: bool) -> FailedStep:
         task_name=step.task_name,
         task_run_id=step.task_run_id,
         kind=kind.__name__ if kind else None,
-        message=f"{type(exc).__name__}: {exc}",
-        traceback=user_traceback(exc),
+        message=scrub(f"{type(exc).__name__}: {exc}", secrets),
+        traceback=scrub(user_traceback(exc), secrets),
         inputs={
             name: encode(
                 value,

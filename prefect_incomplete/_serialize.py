@@ -9,6 +9,12 @@ Every stored value also gets a *preview*: short, with secrets redacted, safe
 to show. Redacted are pydantic `SecretStr`/`SecretBytes`, Prefect `Secret`
 blocks, and the value of any mapping key or parameter name that looks like a
 credential (password, token, secret, api key, authorization, ...).
+
+Error messages and tracebacks are scrubbed before they are stored: every
+secret among the run's parameters and the steps' inputs is replaced wherever
+it appears in the text, and so are the values of ``name=value`` pairs,
+``Authorization:`` headers and URL passwords whose names look like
+credentials, since an exception often quotes the URL or request that failed.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ __all__ = [
     "encode",
     "is_secret_name",
     "preview",
+    "scrub",
+    "secret_texts",
 ]
 
 REDACTED = "**********"
@@ -41,6 +49,22 @@ _SECRET_NAME = re.compile(
     r"private[-_ ]?key|session[-_ ]?id|cookie|signature",
     re.IGNORECASE,
 )
+
+
+# `access_token=abc`, `"api_key": "abc"`, `Authorization: Bearer abc`: the
+# name must end in the credential word, so `InvalidAccessTokenError: ...`
+# (a class name, then the message) keeps its message.
+_SECRET_PAIR = re.compile(
+    r"""(?P<name>\b[\w-]*?(?:pass(?:word|wd|phrase)?|secret|token|api[-_]?key|"""
+    r"""apikey|authorization|auth|credentials?|signature|sig|cookie|session[-_]?id))"""
+    r"""(?P<sep>["']?\s*(?:=|:)\s*["']?)"""
+    r"""(?P<value>(?:(?:Bearer|Basic|Token)\s+)?[^\s&'",;}]+)""",
+    re.IGNORECASE,
+)
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+(?=@)", re.I
+)
+_SHORTEST_SECRET = 4
 
 
 class ValueTooLarge(ValueError):
@@ -147,10 +171,68 @@ def preview(value: Any, *, name: str = "") -> str:
     """A short, redacted text of `value` for people."""
     if name and is_secret_name(name):
         return REDACTED
-    text = _render(_redacted(value))
+    text = scrub(_render(_redacted(value)), set())
     if len(text) > PREVIEW_CHARS:
         text = text[: PREVIEW_CHARS - 1] + "…"
     return text
+
+
+def secret_texts(*named_values: Mapping[str, Any]) -> set[str]:
+    """The secret strings among named values (parameters, step inputs).
+
+    A value is secret when it is a `SecretStr`, `SecretBytes` or Prefect
+    `Secret`, or sits under a name that looks like a credential, at any depth.
+    Strings shorter than four characters are left out: replacing them
+    everywhere would garble the text and hide nothing.
+    """
+    found: set[str] = set()
+    for values in named_values:
+        for name, value in values.items():
+            _collect_secrets(value, is_secret_name(str(name)), found)
+    schemes = ("Bearer ", "Basic ", "Token ")
+    found |= {t.split(" ", 1)[1] for t in found if t.startswith(schemes)}
+    return {text for text in found if len(text) >= _SHORTEST_SECRET}
+
+
+def _collect_secrets(value: Any, secret: bool, found: set[str]) -> None:
+    if isinstance(value, SecretStr):
+        found.add(value.get_secret_value())
+    elif isinstance(value, SecretBytes):
+        found.add(value.get_secret_value().decode(errors="replace"))
+    elif _is_secret_value(value):
+        _collect_secrets(_block_secret(value), True, found)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            field = getattr(value, name, None)
+            _collect_secrets(field, secret or is_secret_name(name), found)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            key_secret = isinstance(key, str) and is_secret_name(key)
+            _collect_secrets(item, secret or key_secret, found)
+    elif _is_secret_pair(value):
+        _collect_secrets(value[1], True, found)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _collect_secrets(item, secret, found)
+    elif (
+        secret and isinstance(value, str | int | float) and not isinstance(value, bool)
+    ):
+        found.add(str(value))
+
+
+def _block_secret(block: Any) -> Any:
+    try:
+        return block.get()
+    except Exception:  # a block that cannot give its value hides nothing
+        return None
+
+
+def scrub(text: str, secrets: set[str]) -> str:
+    """`text` with each of `secrets` and each credential-looking value redacted."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    text = _SECRET_PAIR.sub(lambda match: match["name"] + match["sep"] + REDACTED, text)
+    return _URL_PASSWORD.sub(lambda match: match["head"] + REDACTED, text)
 
 
 def _redacted(value: Any) -> Any:
@@ -164,10 +246,22 @@ def _redacted(value: Any) -> Any:
             k: _Redacted() if isinstance(k, str) and is_secret_name(k) else _redacted(v)
             for k, v in value.items()
         }
+    if _is_secret_pair(value):
+        return (value[0], _Redacted())
     if isinstance(value, list | tuple | set | frozenset):
         items = [_redacted(v) for v in value]
         return tuple(items) if isinstance(value, tuple) else items
     return value
+
+
+def _is_secret_pair(value: Any) -> bool:
+    """A ``(name, value)`` pair, as headers often are, named like a credential."""
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and is_secret_name(value[0])
+    )
 
 
 def _is_secret_value(value: Any) -> bool:

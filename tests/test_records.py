@@ -429,6 +429,67 @@ def test_secrets_reach_no_artifact_log_or_cli(monkeypatch: pytest.MonkeyPatch) -
     assert escape(REDACTED) in artifact.data
 
 
+def test_error_messages_quoting_secrets_are_scrubbed_regression() -> None:
+    """A message or URL that quotes a secret is stored and shown redacted."""
+    import httpx
+    from _servers import HTTPServer
+    from typer.testing import CliRunner
+
+    from prefect_incomplete.cli import app
+
+    secret = "sk-PARAM-c4d1"
+    token = "tok-QUERY-8e2f"
+
+    @resumable
+    @task
+    def fetch(api_key: SecretStr) -> list[str]:
+        return ["order-1"]
+
+    @resumable
+    @task
+    def push(order: str, url: str, api_key: SecretStr) -> None:
+        if order == "order-1":
+            raise errors.InvalidAccessTokenError(
+                f"refused key {api_key.get_secret_value()}"
+            )
+        httpx.get(url).raise_for_status()
+
+    @resumable
+    @flow(name="quoting-flow")
+    def job(api_key: SecretStr, url: str) -> None:
+        pushes = [push.submit(o, url, api_key) for o in [*fetch(api_key), "order-2"]]
+        for future in pushes:
+            future.wait()
+        for future in pushes:
+            future.result()
+
+    with HTTPServer() as http:
+        url = http.reply(f"/orders?access_token={token}", 401)
+        state = run_state(job, api_key=SecretStr(secret), url=url)
+
+    (record,) = Store().list()
+    assert state.name == "Incomplete"
+    assert [s.kind for s in record.failed_steps] == ["InvalidAccessTokenError"] * 2
+    assert record.failed_steps[0].message == (
+        f"InvalidAccessTokenError: refused key {REDACTED}"
+    )
+    assert f"access_token={REDACTED}" in record.failed_steps[1].message
+    assert decode(record.parameters["url"]) == url
+
+    artifact = read_artifact(artifact_key(record))
+    runner = CliRunner()
+    shown = runner.invoke(app, ["show", record.short_id]).output
+    listed = runner.invoke(app, ["ls", "--json"]).output
+    for text in (
+        artifact.data,
+        shown,
+        listed,
+        *(s.traceback for s in record.failed_steps),
+    ):
+        assert secret not in text
+        assert token not in text
+
+
 def test_error_text_cannot_inject_markup() -> None:
     """Markup in an error message or an input stays inert text in the artifact."""
     evil = "<script>alert(1)</script> **bold** [x](y) ```"
