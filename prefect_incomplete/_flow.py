@@ -37,6 +37,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Failed
 
 from prefect_incomplete._ledger import Ledger, Step, current_ledger
+from prefect_incomplete._recording import flow_run_id_of
 from prefect_incomplete._resuming import ResumeRefused
 
 __all__ = ["RESUME_PARAMETER", "FlowConfig", "PendingResume", "make_resumable_flow"]
@@ -79,6 +80,13 @@ class PendingResume:
 pending_resume: ContextVar[PendingResume | None] = ContextVar(
     "prefect_incomplete_pending_resume", default=None
 )
+
+_retrying: dict[UUID, UUID] = {}
+"""Flow run id -> record id: resumed runs whose own flow retries go on.
+
+Prefect runs a flow's retries in the same process, calling the flow's function
+again; the next attempt finds here which record the run resumes, keeps the
+claim and replays the record again."""
 
 
 def make_resumable_flow(flow: Flow[Any, Any], config: FlowConfig) -> Flow[Any, Any]:
@@ -165,6 +173,9 @@ def call_sync(
         result = original(*args, **kwargs)
     except Exception as exc:
         return run.failed(exc)
+    except BaseException:
+        run.crashed()
+        raise
     finally:
         current_ledger.reset(token)
         run.stop_lease()
@@ -193,6 +204,9 @@ async def call_async(
         result = await original(*args, **kwargs)
     except Exception as exc:
         return run.failed(exc)
+    except BaseException:
+        run.crashed()
+        raise
     finally:
         current_ledger.reset(token)
         run.stop_lease()
@@ -224,6 +238,9 @@ class _Run:
         pending = pending_resume.get()
         if pending is not None:
             pending_resume.set(None)
+        run_id = flow_run_id_of(context)
+        if record_id is None and pending is None and run_id is not None:
+            record_id = _retrying.get(run_id)
         if record_id or pending is not None:
             from prefect_incomplete._controls import settings_for
             from prefect_incomplete._resuming import take_over
@@ -281,6 +298,7 @@ class _Run:
         self.stop_lease()
         if self.ledger.record is None:
             return
+        _retrying.pop(flow_run_id_of(self.context), None)  # type: ignore[arg-type]  # None is never a key
         from prefect_incomplete._resuming import resolved
 
         resolved(self.ledger, self.context)
@@ -294,16 +312,38 @@ class _Run:
         state = store_failure(self.ledger, self.context, self.config, exc, step)
         note = self._count_error(exc, step)
         if state is None:
-            if self.ledger.record is not None:
-                from prefect_incomplete._resuming import release
-
-                release(self.ledger, self.context)
+            self._after_unstored_failure()
             if note is None:
                 raise exc
             return Failed(message=f"{type(exc).__name__}: {exc}. {note}", data=exc)
         if note is not None:
             state.message = f"{state.message} {note}"
         return state
+
+    def _after_unstored_failure(self) -> None:
+        """A resume failed without storing: keep the claim for the flow's own
+        next retry, else give it back."""
+        from prefect_incomplete._recording import flow_retries_left
+        from prefect_incomplete._resuming import release
+
+        record, context = self.ledger.record, self.context
+        if record is None or context is None or context.flow_run is None:
+            return
+        if flow_retries_left(context):
+            _retrying[context.flow_run.id] = record.id
+            return
+        _retrying.pop(context.flow_run.id, None)
+        release(self.ledger, context)
+
+    def crashed(self) -> None:
+        """The run is ending by a signal or an interrupt: give the claim back."""
+        self.stop_lease()
+        if self.ledger.record is None:
+            return
+        from prefect_incomplete._resuming import release
+
+        _retrying.pop(flow_run_id_of(self.context), None)  # type: ignore[arg-type]  # None is never a key
+        release(self.ledger, self.context, crashed=True)
 
     def _count_error(self, exc: Exception, step: Step | None) -> str | None:
         """Count the failure toward the deployment's consecutive-errors limit."""

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
         StepOutput,
     )
 
-__all__ = ["store_failure"]
+__all__ = ["flow_retries_left", "flow_run_id_of", "store_failure"]
 
 logger = logging.getLogger("prefect_incomplete")
 
@@ -58,7 +58,7 @@ def store_failure(
     assert context.flow_run is not None
 
     from prefect_incomplete._serialize import ValueTooLarge
-    from prefect_incomplete.store import Store, StoreError
+    from prefect_incomplete.store import ClaimLost, Store, StoreError
 
     secret = settings.confidential
     try:
@@ -80,6 +80,9 @@ def store_failure(
             record = _update_record(
                 store, ledger.record, context, config, failed, completed
             )
+    except ClaimLost as lost:
+        log.warning("This resume's failure was not recorded: %s", lost)
+        return None
     except (ValueTooLarge, StoreError) as lost:
         log.error(
             "The incomplete execution of step %s was NOT stored, so it cannot be "
@@ -168,14 +171,15 @@ def _why_not_stored(
     kind = classify(exc)
     if kind is None:
         return f"{type(exc).__name__} in step {step.key} is not a classified error"
-    if _flow_retries_left(context):
+    if flow_retries_left(context):
         return f"{kind.__name__} in step {step.key}: the flow's own retries go first"
     if not settings.store:
         return f"{kind.__name__} in step {step.key}: storing is turned off"
     return None
 
 
-def _flow_retries_left(context: FlowRunContext) -> bool:
+def flow_retries_left(context: FlowRunContext) -> bool:
+    """Whether Prefect will run this flow run again after this attempt fails."""
     flow_run = context.flow_run
     flow = context.flow
     retries = flow.retries if flow is not None else 0
@@ -326,6 +330,7 @@ def _update_record(
     retry_at = next_retry(config, disposition, record.attempts + 1, _clock.now())
     updated: IncompleteExecution = store.record_failure(
         record.id,
+        holder=str(flow_run.id),
         flow_run_id=flow_run.id,
         failed_steps=failed,
         completed_steps=completed,

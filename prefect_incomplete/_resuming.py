@@ -74,7 +74,9 @@ def take_over(
     holder = str(flow_run.id)
     if sequential:
         _oldest_first(store, record_id, context)
-    if token is not None:
+    if store.renew(record_id, holder, lease_seconds=lease):
+        pass  # this run holds the claim already: Prefect is retrying the flow run
+    elif token is not None:
         if not store.transfer_claim(record_id, token, holder, lease_seconds=lease):
             raise ResumeRefused(
                 f"the claim on incomplete execution {str(record_id)[:8]} was lost "
@@ -90,9 +92,9 @@ def take_over(
     _fill(ledger, record)
     ledger.lease = LeaseKeeper(store, record_id, holder, lease)
     _log(context).info(
-        "Resuming incomplete execution %s (attempt %d): %d step(s) to replay",
+        "Resuming incomplete execution %s after %d failed run(s): %d step(s) to replay",
         record.short_id,
-        record.attempts + 1,
+        record.attempts,
         len(ledger.replay),
     )
     from prefect_incomplete.artifacts import publish
@@ -135,7 +137,7 @@ def _fill(ledger: Ledger, record: Any) -> None:
 def resolved(ledger: Ledger, context: FlowRunContext | None) -> None:
     """The resumed run succeeded: the record is resolved."""
     from prefect_incomplete.artifacts import publish
-    from prefect_incomplete.store import Store, StoreError
+    from prefect_incomplete.store import ClaimLost, Store, StoreError
 
     record = ledger.record
     flow_run_id = _flow_run_id(context)
@@ -143,11 +145,20 @@ def resolved(ledger: Ledger, context: FlowRunContext | None) -> None:
     assert flow_run_id is not None
     store = Store()
     try:
-        done = store.resolve(record.id, flow_run_id=flow_run_id)
+        done = store.resolve(
+            record.id, flow_run_id=flow_run_id, holder=str(flow_run_id)
+        )
+    except ClaimLost as exc:
+        _log(context).warning(
+            "The run succeeded, but %s; the record was left as it is", exc
+        )
+        return
     except StoreError as exc:
         _log(context).error(
             "The run succeeded but incomplete execution %s could not be marked "
-            "resolved: %s. Discard it with: prefect-incomplete discard %s",
+            "resolved: %s. It stays in progress until its claim's lease ends "
+            "(PREFECT_INCOMPLETE_LEASE_SECONDS after this run's last renewal); "
+            "then discard it with: prefect-incomplete discard %s",
             record.short_id,
             exc,
             record.short_id,
@@ -160,25 +171,49 @@ def resolved(ledger: Ledger, context: FlowRunContext | None) -> None:
     lift_holds(store)
 
 
-def release(ledger: Ledger, context: FlowRunContext | None) -> None:
-    """The resumed run failed in a way that stores nothing: give the claim back."""
+def release(
+    ledger: Ledger, context: FlowRunContext | None, *, crashed: bool = False
+) -> None:
+    """The resumed run ended without storing a failure: give the claim back.
+
+    After an error that is not stored, the record waits for a person. After a
+    crash (a signal, an interrupt) nothing was decided: the record goes back
+    to what it was, a scheduled one keeping its retry time.
+    """
     from prefect_incomplete.models import Status
     from prefect_incomplete.store import Store, StoreError
 
     record = ledger.record
     flow_run_id = _flow_run_id(context)
     assert record is not None
+    status, retry_at = Status.UNRESOLVED, None
+    if crashed and record.next_retry_at is not None:
+        status, retry_at = Status.SCHEDULED, record.next_retry_at
     try:
-        Store().release(record.id, str(flow_run_id), status=Status.UNRESOLVED)
+        released = Store().release(
+            record.id, str(flow_run_id), status=status, next_retry_at=retry_at
+        )
     except StoreError as exc:
         _log(context).error(
-            "Could not release incomplete execution %s: %s", record.short_id, exc
+            "Could not release incomplete execution %s: %s; it can be resumed again "
+            "once its claim's lease ends",
+            record.short_id,
+            exc,
         )
         return
+    if not released:
+        _log(context).warning(
+            "This run no longer held its claim on incomplete execution %s (another "
+            "resume took it, or a person closed it); the record was left as it is",
+            record.short_id,
+        )
+        return
+    why = "was interrupted" if crashed else "failed with an error that is not stored"
     _log(context).warning(
-        "The resume of incomplete execution %s failed with an error that is not "
-        "stored; the record waits for a person again",
+        "The resume of incomplete execution %s %s; the record is %s again",
         record.short_id,
+        why,
+        status.value,
     )
 
 

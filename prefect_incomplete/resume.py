@@ -23,6 +23,7 @@ before anything is claimed or run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -159,7 +160,8 @@ def resume(
     try:
         record = _save_edits(store, record, step_edits, param_edits, holder=token)
         if mode == "local":
-            return _run_here(record, flow, token)
+            started = _run_here(record, flow, token)
+            return dataclasses.replace(started, record=_reread(store, record))
         return _run_deployment(record, token)
     except BaseException:
         _give_back(store, record, token)
@@ -427,6 +429,16 @@ def _run_here(record: IncompleteExecution, flow: Any, token: str) -> ResumeStart
         state_name=state.name,
         seconds_to_start=time.monotonic() - started,
     )
+
+
+def _reread(store: Any, record: IncompleteExecution) -> IncompleteExecution:
+    """The record as the run left it, or as it was if the store cannot say."""
+    from prefect_incomplete.store import StoreError
+
+    try:
+        return store.get(record.id)  # type: ignore[no-any-return]
+    except StoreError:
+        return record
 
 
 def _run_deployment(record: IncompleteExecution, token: str) -> ResumeStarted:

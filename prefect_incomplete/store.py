@@ -92,6 +92,7 @@ from prefect_incomplete.settings import default_database_url
 __all__ = [
     "SCHEMA_REVISION",
     "AmbiguousId",
+    "ClaimLost",
     "ClaimRefused",
     "RecordNotFound",
     "Store",
@@ -133,6 +134,11 @@ class StoreError(Exception):
 
 class RecordNotFound(StoreError):
     """No incomplete execution has the given id or id prefix."""
+
+
+class ClaimLost(StoreError):
+    """A resume no longer holds its claim: another resume took the record after
+    the lease ended, or a person closed it. Its outcome changes nothing."""
 
 
 class AmbiguousId(StoreError):
@@ -767,6 +773,23 @@ def _claim_is_live(row: ExecutionRow, now: datetime) -> bool:
     return row.lease_expires_at is None or row.lease_expires_at >= now
 
 
+def _check_holder(row: ExecutionRow, holder: str | None) -> None:
+    """Raise `ClaimLost` unless `holder` (if given) holds the row's claim."""
+    if holder is None:
+        return
+    if row.status == Status.IN_PROGRESS.value and row.claimed_by == holder:
+        return
+    now = (
+        row.status
+        if row.status != Status.IN_PROGRESS.value
+        else "claimed by another resume"
+    )
+    raise ClaimLost(
+        f"the claim on incomplete execution {row.id[:8]} was lost: the record is "
+        f"{now} now"
+    )
+
+
 def _refuse(row: ExecutionRow, action: str) -> ClaimRefused:
     return ClaimRefused(
         UUID(row.id),
@@ -1029,12 +1052,15 @@ class Store:
         status: Status,
         next_retry_at: datetime | None,
         disposition: Disposition,
+        holder: str | None = None,
     ) -> IncompleteExecution:
         """A resumed run failed again: count the attempt and update the steps.
 
         The failed steps are replaced by `failed_steps`. `completed_steps` are
         merged: a new key is added, a known key keeps its recorded output unless
         it now ran with other inputs (another fingerprint). The claim is released.
+        With `holder`, raises `ClaimLost` and changes nothing unless `holder`
+        still holds the claim.
         """
         _unique_keys(failed_steps)
         _unique_keys(completed_steps)
@@ -1042,6 +1068,7 @@ class Store:
         action = f"update incomplete execution {record_id}"
         with self._transaction(action) as session:
             row = self._locked(session, record_id)
+            _check_holder(row, holder)
             _replace_failed(row, failed_steps)
             _merge_completed(row, completed_steps)
             row.attempts += 1
@@ -1060,10 +1087,17 @@ class Store:
         logger.debug("Recorded attempt %d of %s", record.attempts, record_id)
         return record
 
-    def resolve(self, record_id: UUID, *, flow_run_id: UUID) -> IncompleteExecution:
-        """Mark the record resolved by `flow_run_id` and clear its claim."""
+    def resolve(
+        self, record_id: UUID, *, flow_run_id: UUID, holder: str | None = None
+    ) -> IncompleteExecution:
+        """Mark the record resolved by `flow_run_id` and clear its claim.
+
+        With `holder`, raises `ClaimLost` and changes nothing unless `holder`
+        still holds the claim.
+        """
         with self._transaction(f"resolve incomplete execution {record_id}") as session:
             row = self._locked(session, record_id)
+            _check_holder(row, holder)
             row.status = Status.RESOLVED.value
             row.resolved_by = str(flow_run_id)
             row.next_retry_at = None

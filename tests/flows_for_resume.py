@@ -18,6 +18,11 @@ CALLS: Counter[str] = Counter()
 RECEIVED: list[dict[str, Any]] = []
 BROKEN_PUSH: set[int] = set()
 SLOW_PUSH_SECONDS = [0.0]
+INTERRUPTED_PUSH: set[int] = set()
+
+
+class Interrupted(BaseException):
+    """Stands for a signal that ends the run's process (Prefect: Crashed)."""
 
 
 def reset() -> None:
@@ -25,6 +30,7 @@ def reset() -> None:
     CALLS.clear()
     RECEIVED.clear()
     BROKEN_PUSH.clear()
+    INTERRUPTED_PUSH.clear()
     SLOW_PUSH_SECONDS[0] = 0.0
 
 
@@ -50,6 +56,8 @@ def push(priced: dict[str, Any]) -> str:
     CALLS[f"push-{priced['id']}"] += 1
     RECEIVED.append(priced)
     time.sleep(SLOW_PUSH_SECONDS[0])
+    if priced["id"] in INTERRUPTED_PUSH:
+        raise Interrupted(f"interrupted while pushing order {priced['id']}")
     if priced["id"] in BROKEN_PUSH:
         raise errors.InvalidConfigurationError(f"no route for order {priced['id']}")
     return f"pushed-{priced['id']}"
@@ -103,3 +111,9 @@ def flaky_orders() -> list[str]:
 def orders_mapped(day: str = "2026-12-01") -> list[str]:
     priced = price.map(fetch(day))
     return [push(item) for item in priced.result()]
+
+
+@resumable
+@flow(retries=1, retry_delay_seconds=0)
+def orders_with_retries(day: str = "2026-12-01") -> list[str]:
+    return [push(price(order)) for order in fetch(day)]

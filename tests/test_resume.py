@@ -89,6 +89,46 @@ def test_mapped_steps_are_replayed_regression_keyerror() -> None:
     assert Store().get(record.id).status is Status.RESOLVED
 
 
+def test_flow_retries_of_a_resume_replay_and_update_one_record_regression() -> None:
+    """Each flow retry of a resumed run replays; the one record counts the run."""
+    record = first_run(flows.orders_with_retries)
+    before = Counter(flows.CALLS)
+    assert before["price-1"] == 2  # Prefect's own flow retry ran it twice
+
+    again = resume(record.short_id)
+
+    assert again.state_name == "Incomplete"
+    assert flows.CALLS - before == Counter({"price-2": 2})
+    (only,) = Store().list()
+    assert only.id == record.id
+    assert only.attempts == 2
+    assert only.status is Status.UNRESOLVED
+
+    done = resume(record.short_id, set_inputs=fix(3))
+
+    assert done.state_name == "Completed"
+    assert done.record.status is Status.RESOLVED
+    assert flows.CALLS - before == Counter(
+        {"price-2": 3, "push-2": 1, "price-3": 1, "push-3": 1}
+    )
+
+
+def test_interrupted_resume_gives_the_claim_back_regression() -> None:
+    """A resume ended by a signal leaves the record open, not claimed for an hour."""
+    record = first_run()
+    flows.INTERRUPTED_PUSH.add(3)
+
+    with pytest.raises(flows.Interrupted):
+        resume(record.short_id, set_inputs=fix(3))
+
+    after = Store().get(record.id)
+    assert after.status is Status.UNRESOLVED
+    assert after.claimed_by is None
+    assert after.attempts == 1
+    flows.INTERRUPTED_PUSH.clear()
+    assert resume(record.short_id).state_name == "Completed"
+
+
 def test_replayed_steps_show_as_replayed_task_runs() -> None:
     """Replayed steps are completed task runs named Replayed in the Prefect API."""
     record = first_run()

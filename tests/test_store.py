@@ -33,6 +33,7 @@ from prefect_incomplete.store import (
     SCHEMA_REVISION,
     AmbiguousId,
     Base,
+    ClaimLost,
     ClaimRefused,
     RecordNotFound,
     StepRow,
@@ -623,6 +624,63 @@ def test_claim_after_lease_expired(store: Store) -> None:
 
     assert claimed.claimed_by == "new-run"
     assert claimed.lease_expires_at == later + timedelta(seconds=60)
+
+
+def test_lost_claim_changes_nothing_regression(store: Store) -> None:
+    """A resume whose claim was taken over can neither record nor resolve."""
+    original = store.add(record())
+    store.claim(original.id, "stalled-run", lease_seconds=60, now=T0)
+    taken = store.claim(
+        original.id, "new-run", lease_seconds=60, now=T0 + timedelta(seconds=61)
+    )
+
+    with pytest.raises(ClaimLost, match="claimed by another resume"):
+        store.record_failure(
+            original.id,
+            holder="stalled-run",
+            flow_run_id=uuid4(),
+            failed_steps=[failed("push_order[2]")],
+            completed_steps=[],
+            status=Status.UNRESOLVED,
+            next_retry_at=None,
+            disposition=Disposition.MANUAL,
+        )
+    with pytest.raises(ClaimLost):
+        store.resolve(original.id, flow_run_id=uuid4(), holder="stalled-run")
+
+    assert store.get(original.id) == taken
+
+
+def test_closed_record_is_not_reopened_by_its_old_resume(store: Store) -> None:
+    """A record discarded after its resume's lease ended stays discarded."""
+    original = store.add(record())
+    store.claim(original.id, "stalled-run", lease_seconds=60, now=T0)
+    (discarded,) = store.discard([original.id])
+
+    with pytest.raises(ClaimLost, match="the record is discarded now"):
+        store.record_failure(
+            original.id,
+            holder="stalled-run",
+            flow_run_id=uuid4(),
+            failed_steps=[failed("push_order[2]")],
+            completed_steps=[],
+            status=Status.UNRESOLVED,
+            next_retry_at=None,
+            disposition=Disposition.MANUAL,
+        )
+
+    assert store.get(original.id) == discarded
+
+
+def test_holder_of_the_claim_resolves(store: Store) -> None:
+    """The resume that holds the claim resolves the record."""
+    original = store.add(record())
+    store.claim(original.id, "the-run", lease_seconds=60)
+
+    done = store.resolve(original.id, flow_run_id=uuid4(), holder="the-run")
+
+    assert done.status is Status.RESOLVED
+    assert done.claimed_by is None
 
 
 def test_claim_unknown_record(store: Store) -> None:
