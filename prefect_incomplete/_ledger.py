@@ -118,7 +118,7 @@ class Ledger:
     def replay_for(self, step: Step) -> StepOutput | None:
         """The recorded output of `step`, if it ran before with the same inputs."""
         recorded = self.replay.get(step.key)
-        if recorded is None:
+        if recorded is None or not _loadable(recorded):
             return None
         from prefect_incomplete._serialize import fingerprint_parameters
 
@@ -138,6 +138,17 @@ class Ledger:
             if step.exception is exception:
                 return step
         return None
+
+
+def _loadable(recorded: StepOutput) -> bool:
+    """Whether the recorded output can be given back: it was stored, and is
+    not a pickle while the settings refuse pickles."""
+    from prefect_incomplete.settings import get_settings
+
+    fmt = recorded.output.format
+    if fmt == "none":
+        return False
+    return fmt != "pickle" or get_settings().allow_pickle
 
 
 current_ledger: ContextVar[Ledger | None] = ContextVar(

@@ -103,7 +103,7 @@ def encode(
             "pass a reference (a path or an id) instead of the data"
         )
 
-    digest = hashlib.sha256(f"{fmt}:{payload}".encode()).hexdigest()
+    digest = _digest(fmt, payload, value)
     return Encoded(format=fmt, payload=payload, preview=text, fingerprint=digest)
 
 
@@ -130,6 +130,18 @@ def decode(encoded: Encoded) -> Any:
 def fingerprint(value: Any) -> str:
     """The fingerprint `encode` would give `value`, without the size limit."""
     fmt, payload = _payload(value, allow_pickle=get_settings().allow_pickle)
+    return _digest(fmt, payload, value)
+
+
+def _digest(fmt: str, payload: str, value: Any) -> str:
+    """sha256 of a stored value; a value that is not stored counts by its type.
+
+    A client or a connection passed to a step cannot be stored; comparing it
+    by type lets the step's recorded output be replayed when its other
+    inputs are the same.
+    """
+    if fmt == "none":
+        payload = f"{type(value).__module__}.{type(value).__qualname__}"
     return hashlib.sha256(f"{fmt}:{payload}".encode()).hexdigest()
 
 
@@ -142,7 +154,10 @@ def _payload(value: Any, *, allow_pickle: bool) -> tuple[str, str]:
 
     from prefect.serializers import PickleSerializer
 
-    return "pickle", PickleSerializer().dumps(value).decode()
+    try:
+        return "pickle", PickleSerializer().dumps(value).decode()
+    except Exception:  # locks, sockets, open files: what no pickle can hold
+        return "none", ""
 
 
 def _json_or_none(value: Any) -> str | None:

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import httpx
 from prefect import flow, task
 
 from prefect_incomplete import errors, resumable
@@ -117,3 +118,32 @@ def orders_mapped(day: str = "2026-12-01") -> list[str]:
 @flow(retries=1, retry_delay_seconds=0)
 def orders_with_retries(day: str = "2026-12-01") -> list[str]:
     return [push(price(order)) for order in fetch(day)]
+
+
+@resumable
+@task
+def send(client: httpx.Client, order: int) -> str:
+    CALLS[f"send-{order}"] += 1
+    if order in BROKEN_PUSH:
+        raise errors.DataError(f"order {order} was refused")
+    return f"sent-{order}"
+
+
+@resumable
+@flow
+def orders_with_client() -> list[str]:
+    with httpx.Client() as client:  # an input that no pickle can hold
+        return [send(client, order) for order in order_ids()]
+
+
+@resumable
+@task
+def order_dates() -> set[str]:
+    CALLS["order_dates"] += 1
+    return {"2026-12-01", "2026-12-02"}  # JSON cannot hold a set: pickled
+
+
+@resumable
+@flow
+def orders_by_date() -> list[str]:
+    return [flaky_push(len(day)) for day in sorted(order_dates())]

@@ -129,6 +129,41 @@ def test_interrupted_resume_gives_the_claim_back_regression() -> None:
     assert resume(record.short_id).state_name == "Completed"
 
 
+def test_input_no_pickle_can_hold_keeps_the_record_regression() -> None:
+    """A client passed to steps is not stored; the record is, and replays by type."""
+    flows.BROKEN_PUSH.add(2)
+    state = flows.orders_with_client(return_state=True)
+
+    assert state.name == "Incomplete"
+    (record,) = Store().list()
+    assert record.failed_steps[0].key == "send[2]"
+    assert record.failed_steps[0].inputs["client"].format == "none"
+    assert record.failed_steps[0].message == "DataError: order 2 was refused"
+
+    flows.BROKEN_PUSH.clear()
+    assert resume(record.short_id).state_name == "Completed"
+    assert Counter({"order_ids": 1, "send-1": 1, "send-2": 2}) == flows.CALLS
+
+
+def test_stored_pickle_runs_again_when_pickles_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pickled output is not loaded once pickles are refused: its step reruns."""
+    flows.BROKEN_PUSH.add(10)
+    state = flows.orders_by_date(return_state=True)
+    assert state.name == "Incomplete"
+    (record,) = Store().list()
+    (dates,) = [s for s in record.completed_steps if s.key == "order_dates[1]"]
+    assert dates.output.format == "pickle"
+
+    monkeypatch.setenv("PREFECT_INCOMPLETE_ALLOW_PICKLE", "false")
+    flows.BROKEN_PUSH.clear()
+    started = resume(record.short_id)
+
+    assert started.state_name == "Completed"
+    assert flows.CALLS["order_dates"] == 2
+
+
 def test_replayed_steps_show_as_replayed_task_runs() -> None:
     """Replayed steps are completed task runs named Replayed in the Prefect API."""
     record = first_run()
