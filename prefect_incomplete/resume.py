@@ -23,11 +23,12 @@ before anything is claimed or run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -352,15 +353,41 @@ def _param_edits(
         problem: Exception | None = None
         for candidate in _candidates(value):
             try:
-                flow.validate_parameters({**current, **chosen, name: candidate})
+                with _quiet_parameter_log():
+                    flow.validate_parameters({**current, **chosen, name: candidate})
             except ParameterTypeError as exc:
                 problem = problem or exc
                 continue
             chosen[name] = candidate
             break
         else:
-            raise ResumeError(f"--param rejected by flow {record.flow_name}: {problem}")
+            raise ResumeError(
+                f"--param rejected by flow {record.flow_name}: {_one_line(problem)}"
+            )
     return chosen
+
+
+@contextlib.contextmanager
+def _quiet_parameter_log() -> Iterator[None]:
+    """Keep Prefect from logging every parameter value (secrets too) when a
+    value is refused; the refusal itself is the error the user sees."""
+    flows_logger = logging.getLogger("prefect.flows")
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Parameter validation failed")
+
+    flows_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        flows_logger.removeFilter(drop)
+
+
+def _one_line(problem: Exception | None) -> str:
+    """Prefect's multi-line refusal as one line."""
+    lines = [line.strip(" -") for line in str(problem).splitlines()]
+    head, *reasons = [line for line in lines if line]
+    return f"{head.rstrip(':')}: {'; '.join(reasons)}" if reasons else head
 
 
 def _decoded_parameters(record: IncompleteExecution) -> dict[str, Any]:

@@ -147,3 +147,11 @@ def order_dates() -> set[str]:
 @flow
 def orders_by_date() -> list[str]:
     return [flaky_push(len(day)) for day in sorted(order_dates())]
+
+
+@resumable
+@flow
+def orders_signed(
+    day: str = "2026-12-01", batch: int = 1, password: str = "pw-SECRET-5150"
+) -> list[str]:
+    return [push(price(order)) for order in fetch(day)]

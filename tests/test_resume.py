@@ -361,6 +361,27 @@ class TestBadInputChangesNothing:
 
         assert Store().get(record.id) == before
 
+    def test_refused_parameter_is_one_line_and_logs_no_value(self) -> None:
+        """Prefect's refusal log, which lists every parameter, is kept quiet."""
+        import logging
+
+        record = first_run(flows.orders_signed)
+        seen: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda entry: seen.append(entry.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("prefect.flows").addHandler(handler)
+        try:
+            with pytest.raises(ResumeError) as refused:
+                resume(record.short_id, params={"batch": "many"})
+        finally:
+            logging.getLogger("prefect.flows").removeHandler(handler)
+
+        message = str(refused.value)
+        assert "\n" not in message
+        assert message.startswith("--param rejected by flow orders-signed: ")
+        assert "batch: Input should be a valid integer" in message
+        assert not [line for line in seen if "pw-SECRET-5150" in line]
+
     def test_entrypoint_that_no_longer_imports(self) -> None:
         """A record whose flow cannot be imported any more is refused, unchanged."""
         record = first_run()
