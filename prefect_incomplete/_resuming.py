@@ -52,7 +52,7 @@ def take_over(
     """Claim the record for this run and fill `ledger` with what it replays."""
     from prefect_incomplete._flow import CLAIM_TAG_PREFIX
     from prefect_incomplete.settings import get_settings
-    from prefect_incomplete.store import ClaimRefused, RecordNotFound, Store
+    from prefect_incomplete.store import ClaimRefused, Store, StoreError
 
     if context is None or context.flow_run is None:
         raise ResumeRefused("a resume must run as a Prefect flow run")
@@ -66,7 +66,7 @@ def take_over(
     else:
         try:
             record_id = store.get(parse_record_reference(record_reference)).id
-        except RecordNotFound as exc:
+        except StoreError as exc:  # unknown, ambiguous or too short an id
             raise ResumeRefused(f"{exc}; this run did nothing") from exc
         tags = [t for t in flow_run.tags if t.startswith(CLAIM_TAG_PREFIX)]
         token = tags[0].removeprefix(CLAIM_TAG_PREFIX) if tags else None

@@ -575,6 +575,16 @@ def test_a_run_for_a_closed_record_does_nothing() -> None:
     assert calls_before == flows.CALLS
 
 
+@pytest.mark.parametrize("reference", ["2e", "not-a-record", "0000"])
+def test_a_run_for_a_bad_record_id_does_nothing(reference: str) -> None:
+    """A too short, malformed or unknown id ends the run NotResumed, no step run."""
+    state = flows.orders(return_state=True, incomplete_execution_id=reference)
+
+    assert state.name == "NotResumed"
+    assert "this run did nothing" in state.message
+    assert not flows.CALLS
+
+
 def test_command_line_values_keep_their_text_when_the_type_wants_it() -> None:
     """`--param day=20261202` stays the text "20261202" for a `day: str` parameter."""
     from prefect_incomplete.resume import parse_assignments
