@@ -45,6 +45,8 @@ __all__ = ["RESUME_PARAMETER", "FlowConfig", "PendingResume", "make_resumable_fl
 logger = logging.getLogger("prefect_incomplete")
 
 RESUME_PARAMETER = "incomplete_execution_id"
+RUNNING_STEPS_GRACE_SECONDS = 60
+"""How long a failed async run waits for its other running steps to end."""
 CLAIM_TAG_PREFIX = "prefect-incomplete-claim:"
 
 
@@ -203,6 +205,7 @@ async def call_async(
         args, kwargs = run.arguments(args, kwargs)
         result = await original(*args, **kwargs)
     except Exception as exc:
+        await run.finish_running()
         return run.failed(exc)
     except BaseException:
         run.crashed()
@@ -289,6 +292,18 @@ class _Run:
         if self.ledger.parameters is None:
             return args, kwargs
         return (), dict(self.ledger.parameters)
+
+    async def finish_running(self) -> None:
+        """Before deciding on a failure, let the async steps still running end."""
+        late = await self.ledger.finish_running(RUNNING_STEPS_GRACE_SECONDS)
+        if late:
+            logger.warning(
+                "%d step(s) still running %d s after the failure (%s) are not "
+                "recorded as completed; a resume runs them again",
+                len(late),
+                RUNNING_STEPS_GRACE_SECONDS,
+                ", ".join(step.key for step in late),
+            )
 
     def stop_lease(self) -> None:
         if self.ledger.lease is not None:

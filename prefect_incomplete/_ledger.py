@@ -49,6 +49,9 @@ class Step:
     called_with: dict[str, Any] | None = None
     """The inputs the flow passed, when a person's edits replaced some of them."""
 
+    running: bool = False
+    """An async step whose coroutine has started and not yet ended."""
+
     @property
     def identity(self) -> dict[str, Any]:
         """The inputs that identify the call for replay: the flow's, not the edits."""
@@ -131,6 +134,23 @@ class Ledger:
         for step in list(self.steps):
             step.settle()
             yield step
+
+    async def finish_running(self, seconds: float) -> list[Step]:
+        """Let async steps still running end, for up to `seconds`.
+
+        When one step of ``asyncio.gather`` fails, the others go on running:
+        waiting for them records the ones that complete, so a resume replays
+        them instead of running them twice. Gives the steps still running.
+        """
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            running = [s for s in self.steps if s.running and s.outcome is PENDING]
+            if not running or loop.time() >= deadline:
+                return running
+            await asyncio.sleep(0.02)
 
     def step_of(self, exception: BaseException) -> Step | None:
         """The step whose failure `exception` is, if any."""

@@ -273,11 +273,14 @@ def _observe(step: Step, outcome: Any, return_state: bool) -> Any:
 
 
 async def _observe_async(step: Step, pending: Any, return_state: bool) -> Any:
+    step.running = True
     try:
         outcome = await pending
     except Exception as exc:
         step.fail(exc)
         raise
+    finally:
+        step.running = False
     return _observe(step, outcome, return_state)
 
 

@@ -6,6 +6,7 @@ each step's function really ran.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from typing import Any
@@ -155,3 +156,17 @@ def orders_signed(
     day: str = "2026-12-01", batch: int = 1, password: str = "pw-SECRET-5150"
 ) -> list[str]:
     return [push(price(order)) for order in fetch(day)]
+
+
+@resumable
+@task
+async def price_later(order: dict[str, Any]) -> dict[str, Any]:
+    await asyncio.sleep(0.5 if order["id"] == 3 else 0)  # ends after order 2 fails
+    CALLS[f"later-{order['id']}"] += 1
+    return price.fn(order)
+
+
+@resumable
+@flow
+async def orders_gathered(day: str = "2026-12-01") -> list[dict[str, Any]]:
+    return list(await asyncio.gather(*[price_later(order) for order in fetch(day)]))

@@ -164,6 +164,21 @@ def test_stored_pickle_runs_again_when_pickles_are_refused(
     assert flows.CALLS["order_dates"] == 2
 
 
+def test_gathered_steps_that_end_after_the_failure_are_replayed_regression() -> None:
+    """A step of asyncio.gather that completes after its sibling failed is kept."""
+    record = first_run(flows.orders_gathered)
+    assert [s.key for s in record.failed_steps] == ["price_later[2]"]
+    assert "price_later[3]" in [s.key for s in record.completed_steps]
+
+    started = resume(record.short_id, set_inputs=fix(3, step="price_later"))
+
+    assert started.state_name == "Completed"
+    assert Counter(
+        {"fetch": 1, "later-1": 1, "later-2": 2, "later-3": 1}
+        | {"price-1": 1, "price-2": 2, "price-3": 1}
+    ) == flows.CALLS
+
+
 def test_replayed_steps_show_as_replayed_task_runs() -> None:
     """Replayed steps are completed task runs named Replayed in the Prefect API."""
     record = first_run()
