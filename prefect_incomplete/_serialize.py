@@ -39,6 +39,7 @@ __all__ = [
     "preview",
     "scrub",
     "secret_texts",
+    "shown",
 ]
 
 REDACTED = "**********"
@@ -248,6 +249,34 @@ def scrub(text: str, secrets: set[str]) -> str:
         text = text.replace(secret, REDACTED)
     text = _SECRET_PAIR.sub(lambda match: match["name"] + match["sep"] + REDACTED, text)
     return _URL_PASSWORD.sub(lambda match: match["head"] + REDACTED, text)
+
+
+def shown(encoded: Encoded, *, name: str = "") -> Any:
+    """A stored value as JSON for scripts (``--json``), redacted like its preview.
+
+    A JSON value comes back as itself, with credentials replaced; anything
+    else (a pickle, a value not stored, a confidential one) as its preview text.
+    """
+    if encoded.format != "json" or encoded.preview == CONFIDENTIAL:
+        return encoded.preview
+    if name and is_secret_name(name):
+        return REDACTED
+    return _redacted_json(json.loads(encoded.payload))
+
+
+def _redacted_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if is_secret_name(key) else _redacted_json(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        if len(value) == 2 and isinstance(value[0], str) and is_secret_name(value[0]):
+            return [value[0], REDACTED]
+        return [_redacted_json(item) for item in value]
+    if isinstance(value, str):
+        return scrub(value, set())
+    return value
 
 
 def _redacted(value: Any) -> Any:

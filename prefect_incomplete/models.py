@@ -158,22 +158,23 @@ class IncompleteExecution(BaseModel):
     def summary(self) -> dict[str, Any]:
         """A JSON-ready view without payloads, for ``--json`` and events.
 
-        A confidential record shows no values and no error texts.
+        Values that are JSON are given as JSON, with credentials redacted as
+        in their previews; others as their preview text. A confidential
+        record shows no values and no error texts.
         """
+        from prefect_incomplete._serialize import shown
+
         data = self.model_dump(mode="json")
-        for name, value in data["parameters"].items():
-            data["parameters"][name] = value["preview"]
-        for step in data["failed_steps"]:
-            step["inputs"] = {k: v["preview"] for k, v in step["inputs"].items()}
+        data["parameters"] = {
+            name: shown(value, name=name) for name, value in self.parameters.items()
+        }
+        for step, model in zip(data["failed_steps"], self.failed_steps, strict=True):
+            step["inputs"] = {k: shown(v, name=k) for k, v in model.inputs.items()}
             if self.confidential:
                 step["message"] = step["traceback"] = "(confidential)"
         data["completed_steps"] = [
-            {
-                "key": s["key"],
-                "task_name": s["task_name"],
-                "output": s["output"]["preview"],
-            }
-            for s in data["completed_steps"]
+            {"key": s.key, "task_name": s.task_name, "output": shown(s.output)}
+            for s in self.completed_steps
         ]
         return data
 

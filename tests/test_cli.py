@@ -281,6 +281,20 @@ def test_ls_json_prints_summaries_without_payloads(
     assert '"payload"' not in result.stdout
 
 
+def test_show_json_gives_values_as_json_redacted(
+    runner: CliRunner, seeded: dict[str, IncompleteExecution]
+) -> None:
+    """--json gives JSON values, not their display text; credentials redacted."""
+    result = run(runner, "show", seeded["open"].short_id, "--json")
+
+    data = json.loads(result.stdout)
+    assert data["parameters"] == {"day": "2026-12-01", "token": REDACTED}
+    (step,) = data["failed_steps"]
+    assert step["inputs"]["order"] == {"id": 17, "api_key": REDACTED}
+    assert step["inputs"]["login"] == REDACTED
+    assert data["completed_steps"][0]["output"] == [{"id": 17}]
+
+
 def test_ls_with_nothing_to_show(runner: CliRunner, store: Store) -> None:
     """An empty store prints a sentence, and an empty JSON list with --json."""
     assert run(runner, "ls").stdout.strip() == "No incomplete executions match."
