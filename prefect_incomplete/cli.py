@@ -7,7 +7,9 @@ shown as their previews, which were redacted when the record was stored: the
 CLI never loads a payload.
 
 Bad input and store failures print one line, ``error: ...``, on stderr and end
-with exit code 1. A resume that ran and failed again also ends with code 1.
+with exit code 1, and so does a command line that does not parse (an unknown
+option, a value of the wrong type, a missing option). A resume that ran and
+failed again also ends with code 1.
 """
 
 from __future__ import annotations
@@ -20,18 +22,25 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Annotated, Any, Final, NoReturn, ParamSpec, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
+
+try:  # typer 0.26 and later carry their own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # older typer runs on click itself
+    from click.exceptions import UsageError  # type: ignore[assignment]  # same role
 
 from prefect_incomplete import _controls, artifacts, errors
 from prefect_incomplete import resume as resuming
@@ -68,20 +77,71 @@ _PURGED_BY_DEFAULT: Final = (Status.RESOLVED, Status.DISCARDED)
 _STATUS_ORDER: Final = tuple(Status)
 _CONFIDENTIAL: Final = "(confidential)"
 _DEACTIVATED: Final = "consecutive-errors"
+_VALUE_PROBLEMS: Final = {
+    "int_parsing": "is not a whole number",
+    "float_parsing": "is not a number",
+    "bool_parsing": "is not true or false",
+}
 _HOLD_ENDS: Final = {
     "sequential": "its flow has no open incomplete executions left",
     "quota": "resolving, discarding or purging records frees the quota",
 }
 
+
+class _Commands(TyperGroup):
+    """The command group: a command line that does not parse is one error line."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        run = functools.partial(
+            super().main,
+            args,
+            prog_name,
+            complete_var,
+            False,  # standalone_mode: the errors come here, not to typer's box
+            windows_expand_args,
+            **extra,
+        )
+        if not standalone_mode:
+            return run()
+        sys.exit(self._exit_code(run, args or sys.argv[1:]))
+
+    def _exit_code(self, run: Callable[[], Any], argv: Sequence[str]) -> int:
+        try:
+            code = run()
+        except UsageError as exc:
+            given = next((arg for arg in argv if arg in self.commands), None)
+            typer.echo(f"error: {_usage_problem(exc, given)}", err=True)
+            return 1
+        except typer.Abort:
+            typer.echo("error: aborted; nothing more was done", err=True)
+            return 1
+        return code if isinstance(code, int) else 0
+
+
 app = typer.Typer(
     name=COMMAND,
+    cls=_Commands,
     help=(
         "Inspect, correct, resume and discard the incomplete executions "
         "of Prefect flows."
     ),
-    no_args_is_help=True,
+    invoke_without_command=True,
     pretty_exceptions_show_locals=False,  # locals may hold decoded inputs
 )
+
+
+@app.callback()
+def _without_command(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
 
 
 def main() -> None:
@@ -143,6 +203,64 @@ def _time(value: datetime | None) -> str:
 
 def _seconds(value: datetime | None) -> str:
     return "-" if value is None else f"{value.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+# --- usage errors -----------------------------------------------------------
+
+
+def _usage_problem(exc: UsageError, given: str | None) -> str:
+    """What was wrong with the command line, and where its help is.
+
+    `given` is the command named on the command line, for an error that
+    click raised without a context.
+    """
+    command = given
+    if exc.ctx is not None:
+        command = exc.ctx.info_name if exc.ctx.parent is not None else None
+    where = f"{COMMAND} {command}" if command else COMMAND
+    return f"{_what_was_wrong(exc, where)}; see {where} --help"
+
+
+def _what_was_wrong(exc: UsageError, where: str) -> str:
+    if isinstance(exc, typer.BadParameter) and exc.param is not None:
+        if not exc.message:  # click's MissingParameter says nothing more
+            return f"{where} needs {_param_usage(exc.param)}"
+        return f"{_param_name(exc.param)}: {_bad_value(exc)}"
+
+    possibilities = getattr(exc, "possibilities", None)  # click's NoSuchOption
+    if possibilities:
+        return f"{_sentence(exc.message)} (did you mean {' or '.join(possibilities)}?)"
+    return _sentence(exc.format_message())
+
+
+def _param_name(param: Any) -> str:
+    if param.param_type_name == "option" and param.opts:
+        return str(param.opts[0])
+    return str(param.metavar or param.name.upper())
+
+
+def _param_usage(param: Any) -> str:
+    name = _param_name(param)
+    if param.param_type_name == "option" and param.metavar:
+        return f"{name} {param.metavar}"
+    return name
+
+
+def _bad_value(exc: typer.BadParameter) -> str:
+    """The value and what is wrong with it, from typer's pydantic check if any."""
+    cause = exc.__cause__
+    if not isinstance(cause, ValidationError) or not cause.errors():
+        return _sentence(exc.message)
+
+    error = cause.errors()[0]
+    problem = _VALUE_PROBLEMS.get(error["type"], _sentence(error["msg"]))
+    return f"{error['input']!r} {problem}"
+
+
+def _sentence(text: str) -> str:
+    """`text` on one line, as a clause: no capital at the start, no stop at the end."""
+    text = _one_line(text).rstrip(".")
+    return text[:1].lower() + text[1:]
 
 
 # --- parsing options --------------------------------------------------------

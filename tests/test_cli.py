@@ -218,8 +218,82 @@ def test_no_arguments_shows_help(runner: CliRunner) -> None:
     """Called without arguments, the CLI prints its help instead of doing anything."""
     result = run(runner)
 
-    assert "Usage" in result.output
-    assert "discard" in result.output
+    assert result.exit_code == 0, result.output
+    assert "Usage: prefect-incomplete [OPTIONS] COMMAND [ARGS]..." in result.stdout
+    assert "discard" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["ls", "--limit", "abc"],
+            "--limit: 'abc' is not a whole number; see prefect-incomplete ls --help",
+        ),
+        (
+            ["worker", "--interval", "abc"],
+            "--interval: 'abc' is not a number; see prefect-incomplete worker --help",
+        ),
+        (
+            ["purge"],
+            "prefect-incomplete purge needs --older-than DURATION; "
+            "see prefect-incomplete purge --help",
+        ),
+        (
+            ["reactivate"],
+            "prefect-incomplete reactivate needs DEPLOYMENT_ID; "
+            "see prefect-incomplete reactivate --help",
+        ),
+        (
+            ["ls", "--bogus"],
+            "no such option: --bogus; see prefect-incomplete ls --help",
+        ),
+        (
+            ["ls", "--flw", "sync_orders"],
+            "no such option: --flw (did you mean --flow?); "
+            "see prefect-incomplete ls --help",
+        ),
+        (
+            ["discard", "--all", "--flow"],
+            "option '--flow' requires an argument; "
+            "see prefect-incomplete discard --help",
+        ),
+        (
+            ["show", "aaaa1111", "bbbb3333"],
+            "got unexpected extra argument(s) (bbbb3333); "
+            "see prefect-incomplete show --help",
+        ),
+        (["bogus"], "no such command 'bogus'; see prefect-incomplete --help"),
+    ],
+)
+def test_command_line_that_does_not_parse_is_one_line(
+    runner: CliRunner,
+    store: Store,
+    seeded: dict[str, IncompleteExecution],
+    args: list[str],
+    line: str,
+) -> None:
+    """A usage error: one line saying what was wrong and where the help is, exit 1."""
+    before = store.list()
+
+    result = run(runner, *args)
+
+    assert one_error_line(result) == f"error: {line}"
+    assert "╭" not in result.output
+    assert result.stdout == ""
+    assert store.list() == before
+
+
+@pytest.mark.parametrize(
+    "command", ["ls", "show", "resume", "retry", "worker", "discard", "purge"]
+)
+def test_help_of_each_command_exits_0(runner: CliRunner, command: str) -> None:
+    """COMMAND --help prints the command's usage on stdout and exits 0."""
+    result = run(runner, command, "--help")
+
+    assert result.exit_code == 0, result.output
+    assert f"Usage: prefect-incomplete {command} [OPTIONS]" in result.stdout
+    assert result.stderr == ""
 
 
 # --- ls -----------------------------------------------------------------------
