@@ -3,19 +3,29 @@
 Each field's description is its user documentation; the README's settings
 table lists the same fields. Read them with `get_settings()`, which reads the
 environment again whenever a ``PREFECT_INCOMPLETE_*`` variable has changed,
-so tests and long-running workers see what is set now.
+so tests and long-running workers see what is set now. A variable it cannot
+use raises `InvalidSettingError`, naming the variable and what it expects.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
-__all__ = ["Settings", "default_database_url", "get_settings", "parse_duration"]
+__all__ = [
+    "InvalidSettingError",
+    "Settings",
+    "default_database_url",
+    "get_settings",
+    "parse_duration",
+]
 
 PREFIX = "PREFECT_INCOMPLETE_"
 
@@ -202,18 +212,93 @@ def parse_duration(text: str) -> float:
     return amount * _UNITS[unit]
 
 
+class InvalidSettingError(ValueError):
+    """A ``PREFECT_INCOMPLETE_*`` variable holds a value the plugin cannot use."""
+
+
+_SHAPES: dict[Any, str] = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a number",
+    list[float]: "a JSON list of seconds, e.g. [60, 600, 1800]",
+    dict[str, dict[str, Any]]: (
+        'a JSON object of policies by kind, e.g. {"RateLimitError": {"attempts": 5}}'
+    ),
+}
+_SHAPES_BY_NAME = {"purge_after": "a duration such as 30d, 12h, 90m, 45s or 2w"}
+_SHOWN_CHARS = 60
+
 _cache: tuple[tuple[tuple[str, str], ...], Settings] | None = None
 
 
 def get_settings() -> Settings:
-    """The current settings, read again only when the environment changed."""
+    """The current settings, read again only when the environment changed.
+
+    Raises `InvalidSettingError` naming the variable when one cannot be used.
+    """
     global _cache
     snapshot = tuple(
         sorted((k, v) for k, v in os.environ.items() if k.startswith(PREFIX))
     )
     if _cache is None or _cache[0] != snapshot:
-        _cache = (snapshot, Settings())
+        _cache = (snapshot, _read())
     return _cache[1]
+
+
+def _read() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InvalidSettingError(_invalid_values(exc)) from exc
+    except SourceError as exc:  # pydantic-settings could not parse a JSON value
+        raise InvalidSettingError(_unparsed_json(exc)) from exc
+
+
+def _invalid_values(exc: ValidationError) -> str:
+    first: dict[str, ErrorDetails] = {}
+    for error in exc.errors():
+        first.setdefault(str(error["loc"][0]), error)
+    return "; also ".join(
+        _invalid(name, error["msg"].removeprefix("Value error, "))
+        for name, error in first.items()
+    )
+
+
+def _unparsed_json(exc: SourceError) -> str:
+    for name, field in Settings.model_fields.items():
+        raw = _raw(name)
+        if raw is None or get_origin(field.annotation) not in (dict, list):
+            continue
+        try:
+            json.loads(raw)
+        except ValueError as bad:
+            return _invalid(name, f"not JSON: {bad}")
+    return f"a {PREFIX}* variable cannot be read: {exc}"
+
+
+def _invalid(name: str, problem: str) -> str:
+    """One sentence: the variable, its value, what is wrong, what it expects."""
+    variable = f"{PREFIX}{name.upper()}"
+    raw = _raw(name) or ""
+    shown = raw if len(raw) <= _SHOWN_CHARS else raw[:_SHOWN_CHARS] + "..."
+    return (
+        f"{variable}={shown!r} is not valid ({problem[:1].lower()}{problem[1:]}); "
+        f"set it to {_expected(name)}, or unset it to use the default"
+    )
+
+
+def _expected(name: str) -> str:
+    field = Settings.model_fields[name]
+    shape = _SHAPES_BY_NAME.get(name) or _SHAPES.get(field.annotation, "text")
+    bounds = [f"of {m.ge:g} or more" for m in field.metadata if hasattr(m, "ge")]
+    bounds += [f"more than {m.gt:g}" for m in field.metadata if hasattr(m, "gt")]
+    return " ".join([shape, *bounds])
+
+
+def _raw(name: str) -> str | None:
+    """The variable's value as set; pydantic-settings reads names in any case."""
+    wanted = f"{PREFIX}{name.upper()}"
+    return next((v for k, v in os.environ.items() if k.upper() == wanted), None)
 
 
 def default_database_url(settings: Settings | None = None) -> str:

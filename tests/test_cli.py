@@ -552,6 +552,45 @@ def test_store_that_cannot_open_is_one_line(
     assert "PREFECT_INCOMPLETE_DATABASE_URL" in one_error_line(run(runner, "ls"))
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        (
+            "PREFECT_INCOMPLETE_POLICIES",
+            "{bad",
+            "error: PREFECT_INCOMPLETE_POLICIES='{bad' is not valid (not JSON: "
+            "Expecting property name enclosed in double quotes: line 1 column 2 "
+            "(char 1)); set it to a JSON object of policies by kind, e.g. "
+            '{"RateLimitError": {"attempts": 5}}, or unset it to use the default',
+        ),
+        (
+            "PREFECT_INCOMPLETE_LEASE_SECONDS",
+            "abc",
+            "error: PREFECT_INCOMPLETE_LEASE_SECONDS='abc' is not valid (input "
+            "should be a valid number, unable to parse string as a number); set it "
+            "to a number more than 0, or unset it to use the default",
+        ),
+    ],
+)
+def test_bad_setting_is_one_line_naming_the_variable(
+    runner: CliRunner,
+    store: Store,
+    seeded: dict[str, IncompleteExecution],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    line: str,
+) -> None:
+    """A bad PREFECT_INCOMPLETE_* value: one line naming it, exit 1, no change."""
+    before = store.list()
+    monkeypatch.setenv(variable, value)
+
+    assert one_error_line(run(runner, "ls")) == line
+    assert one_error_line(run(runner, "discard", seeded["open"].short_id)) == line
+    monkeypatch.delenv(variable)
+    assert store.list() == before
+
+
 # --- discard ------------------------------------------------------------------
 
 
