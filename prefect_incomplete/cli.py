@@ -52,7 +52,7 @@ from prefect_incomplete.models import (
     IncompleteExecution,
     Status,
 )
-from prefect_incomplete.resume import ResumeError, ResumeStarted
+from prefect_incomplete.resume import RecordUnavailable, ResumeError, ResumeStarted
 from prefect_incomplete.store import Store, StoreError
 
 __all__ = ["app", "main"]
@@ -785,9 +785,18 @@ def _retry_record(store: Store, record: IncompleteExecution) -> tuple[str, str]:
 
 
 def _due_outcome(store: Store, outcome: ResumeStarted | ResumeError) -> tuple[str, str]:
+    if isinstance(outcome, RecordUnavailable):  # another worker took it first
+        return _skipped(outcome), "skipped"
     if isinstance(outcome, ResumeError):
         return f"could not resume: {_describe(outcome)}", "not started"
     return _outcome(store, outcome)
+
+
+def _skipped(taken: RecordUnavailable) -> str:
+    name = str(taken.record_id)[:8]
+    if taken.status is Status.IN_PROGRESS:
+        return f"skipped {name}: a resume is running it now"
+    return f"skipped {name}: it was {taken.status.value} in the meantime"
 
 
 def _retry_due(store: Store) -> list[tuple[str, str]]:

@@ -37,6 +37,7 @@ from uuid import UUID, uuid4
 from prefect_incomplete.models import IncompleteExecution, Status
 
 __all__ = [
+    "RecordUnavailable",
     "ResumeError",
     "ResumeStarted",
     "parse_assignments",
@@ -53,6 +54,21 @@ RESUME_EVENT = "prefect-incomplete.resume-requested"
 
 class ResumeError(Exception):
     """A resume could not start; the record is unchanged."""
+
+
+class RecordUnavailable(ResumeError):
+    """Another resume holds the record, or it is closed; the record is unchanged.
+
+    For `retry_due` this is no failure: another worker took the record first.
+    """
+
+    def __init__(self, message: str, record_id: UUID, status: Status) -> None:
+        super().__init__(message)
+        self.record_id = record_id
+        self.status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.record_id, self.status))
 
 
 @dataclass(frozen=True)
@@ -157,7 +173,7 @@ def resume(
             record.id, token, lease_seconds=get_settings().lease_seconds
         )
     except ClaimRefused as exc:
-        raise ResumeError(str(exc)) from None
+        raise RecordUnavailable(str(exc), exc.record_id, exc.status) from exc
     try:
         record = _save_edits(store, record, step_edits, param_edits, holder=token)
         if mode == "local":
@@ -171,9 +187,11 @@ def resume(
 
 def _check_open(record: IncompleteExecution) -> None:
     if record.status in (Status.RESOLVED, Status.DISCARDED):
-        raise ResumeError(
+        raise RecordUnavailable(
             f"incomplete execution {record.short_id} is {record.status.value}; "
-            "there is nothing to resume"
+            "there is nothing to resume",
+            record.id,
+            record.status,
         )
 
 

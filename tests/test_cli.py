@@ -9,9 +9,10 @@ a run would do; the refusals run the real `resume()`.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -34,8 +35,13 @@ from prefect_incomplete.models import (
     Status,
     StepOutput,
 )
-from prefect_incomplete.resume import ResumeError, ResumeStarted, Typed
-from prefect_incomplete.store import Store, StoreError
+from prefect_incomplete.resume import (
+    RecordUnavailable,
+    ResumeError,
+    ResumeStarted,
+    Typed,
+)
+from prefect_incomplete.store import ClaimRefused, Store, StoreError
 
 TOKEN = "tok-4f9c1e-never-shown"
 PASSWORD = "pw-77aa01-never-shown"
@@ -1178,6 +1184,122 @@ def test_retry_due_reports_every_outcome(
     assert result.exit_code == 1
     assert f"resumed {record.short_id}" in result.stdout
     assert "could not resume: incomplete execution 12345678 is refused" in result.stderr
+
+
+def due_record(store: Store) -> IncompleteExecution:
+    """A scheduled record whose retry is due, with a flow the real resume() imports."""
+    record = _record("abcd9999", "orders", Status.SCHEDULED, "ConnectionError", 1, 1)
+    return store.add(
+        record.model_copy(
+            update={
+                "entrypoint": "flows_for_resume.orders",
+                "next_retry_at": NOW - timedelta(minutes=1),
+            }
+        )
+    )
+
+
+def taken_once_listed(
+    monkeypatch: pytest.MonkeyPatch, take: Callable[[Store, UUID], object]
+) -> list[object]:
+    """Another worker takes each due record right after this one listed it.
+
+    Returns what each take left in the store, in order.
+    """
+    listed, taken = Store.due, []
+
+    def due(self: Store, **options: Any) -> list[IncompleteExecution]:
+        records = listed(self, **options)
+        taken.extend(take(self, record.id) for record in records)
+        return records
+
+    monkeypatch.setattr(Store, "due", due)
+    return taken
+
+
+def claim_elsewhere(store: Store, record_id: UUID) -> object:
+    return store.claim(record_id, "resume-elsewhere", lease_seconds=600)
+
+
+def resolve_elsewhere(store: Store, record_id: UUID) -> object:
+    return store.resolve(record_id, flow_run_id=uuid4())
+
+
+@pytest.mark.parametrize(
+    ("take", "skipped"),
+    [
+        (claim_elsewhere, "a resume is running it now"),
+        (resolve_elsewhere, "it was resolved in the meantime"),
+    ],
+)
+@pytest.mark.parametrize("command", [["retry", "--due"], ["worker", "--once"]])
+def test_due_record_another_worker_took_is_skipped(
+    runner: CliRunner,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    take: Callable[[Store, UUID], object],
+    skipped: str,
+    command: list[str],
+) -> None:
+    """retry --due and worker skip a record another worker took first, and exit 0."""
+    record = due_record(store)
+    taken = taken_once_listed(monkeypatch, take)
+
+    result = run(runner, *command)
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d " if command[0] == "worker" else ""
+    expected = [
+        f"skipped {record.short_id}: {skipped}",
+        "1 incomplete execution: 1 skipped",
+    ]
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(expected), result.stdout
+    for line, text in zip(lines, expected, strict=True):
+        assert re.fullmatch(stamp + re.escape(text), line), line
+    assert [store.get(record.id)] == taken
+
+
+def test_retry_by_id_of_a_record_being_resumed_is_an_error(
+    runner: CliRunner, store: Store
+) -> None:
+    """retry ID of a record another resume holds: not started, exit 1, unchanged."""
+    record = due_record(store)
+    claim_elsewhere(store, record.id)
+    before = store.get(record.id)
+
+    result = run(runner, "retry", record.short_id)
+
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"could not resume {record.short_id}: incomplete execution "
+        f"{record.short_id} is already being resumed by run resume-elsewhere "
+        f"(claimed until {before.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC); "
+        "resume it after that run ends or its claim expires"
+    ]
+    assert result.stdout == "1 incomplete execution: 1 not started\n"
+    assert store.get(record.id) == before
+
+
+def test_refusal_of_a_taken_record_says_which_and_why(store: Store) -> None:
+    """resume() of a record another resume holds raises RecordUnavailable, picklable."""
+    record = due_record(store)
+    claim_elsewhere(store, record.id)
+
+    with pytest.raises(RecordUnavailable) as caught:
+        resuming.resume(record.id, store=store)
+
+    refusal = caught.value
+    assert (refusal.record_id, refusal.status) == (record.id, Status.IN_PROGRESS)
+    assert isinstance(refusal.__cause__, ClaimRefused)
+    copy = pickle.loads(pickle.dumps(refusal))
+    assert (type(copy), str(copy), copy.record_id, copy.status) == (
+        RecordUnavailable,
+        str(refusal),
+        record.id,
+        Status.IN_PROGRESS,
+    )
 
 
 def test_worker_once_with_nothing_due(runner: CliRunner, store: Store) -> None:
