@@ -51,6 +51,7 @@ from prefect_incomplete.models import (
     Hold,
     IncompleteExecution,
     Status,
+    describe_holder,
 )
 from prefect_incomplete.resume import RecordUnavailable, ResumeError, ResumeStarted
 from prefect_incomplete.store import Store, StoreError
@@ -573,7 +574,8 @@ def _about(record: IncompleteExecution) -> Table:
         rows.append(("next retry", _seconds(record.next_retry_at)))
     if record.claimed_by is not None:
         until = _seconds(record.lease_expires_at)
-        rows.append(("claimed by", f"{record.claimed_by} (until {until})"))
+        holder = describe_holder(record.claimed_by)
+        rows.append(("claimed by", f"{holder} (lease ends {until})"))
     rows.append(("flow run", str(record.flow_run_id)))
     if record.last_flow_run_id and record.last_flow_run_id != record.flow_run_id:
         rows.append(("last failed run", str(record.last_flow_run_id)))

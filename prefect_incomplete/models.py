@@ -29,6 +29,7 @@ __all__ = [
     "IncompleteExecution",
     "Status",
     "StepOutput",
+    "describe_holder",
 ]
 
 
@@ -191,3 +192,15 @@ class Hold(BaseModel):
     """What lifts the hold, e.g. the quota that was full."""
 
     created_at: datetime
+
+
+def describe_holder(holder: str | None) -> str:
+    """Who holds a claim on a record, in words a person can look up.
+
+    A flow run holds the claim while it runs; before it starts, the claim is
+    held by a token of the `resume()` call that creates it.
+    """
+    try:
+        return f"flow run {UUID(str(holder))}"
+    except ValueError:
+        return "a resume whose flow run has not started yet"

@@ -181,13 +181,15 @@ class ClaimRefused(StoreError):
         if self.status is Status.DISCARDED:
             return f"{name} was discarded; nothing to {self.action}"
 
-        until = ""
+        from prefect_incomplete.models import describe_holder
+
+        lease = "its lease has no end"
         if self.lease_expires_at is not None:
-            until = f" until {self.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC"
+            lease = f"lease ends {self.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC"
         return (
-            f"{name} is already being resumed by run {self.holder} "
-            f"(claimed{until}); {self.action} it after that run ends "
-            "or its claim expires"
+            f"{name} is already being resumed by {describe_holder(self.holder)} "
+            f"({lease}); wait for that resume to end, or for its lease to end if "
+            f"its process died, then {self.action} it"
         )
 
 

@@ -431,6 +431,24 @@ def test_show_by_prefix_shows_the_whole_record(
         assert text in result.stdout, text
 
 
+def test_show_names_the_flow_run_that_holds_the_claim(
+    store: Store, seeded: dict[str, IncompleteExecution]
+) -> None:
+    """show of a record being resumed names the holding flow run and the lease end."""
+    record = seeded["open"]
+    flow_run_id = uuid4()
+    claimed = store.claim(record.id, str(flow_run_id), lease_seconds=600)
+
+    result = run(CliRunner(env={"COLUMNS": "200"}), "show", record.short_id)
+
+    assert result.exit_code == 0, result.output
+    lease_end = f"{claimed.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC"
+    assert re.search(
+        rf"claimed by +flow run {flow_run_id} \(lease ends {lease_end}\)",
+        result.stdout,
+    ), result.stdout
+
+
 def test_show_of_a_resolved_record_offers_no_resume(
     runner: CliRunner, seeded: dict[str, IncompleteExecution]
 ) -> None:
@@ -705,7 +723,13 @@ def test_discard_of_a_record_being_resumed_is_refused(
         run(runner, "discard", seeded["open"].short_id, held.short_id)
     )
 
-    assert f"{held.short_id} is already being resumed by run resume-test" in line
+    assert line == (
+        f"error: incomplete execution {held.short_id} is already being resumed by "
+        "a resume whose flow run has not started yet (lease ends "
+        f"{store.get(held.id).lease_expires_at:%Y-%m-%d %H:%M:%S} UTC); wait for "
+        "that resume to end, or for its lease to end if its process died, then "
+        "discard it"
+    )
     assert store.list() == before
 
 
@@ -1274,9 +1298,10 @@ def test_retry_by_id_of_a_record_being_resumed_is_an_error(
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         f"could not resume {record.short_id}: incomplete execution "
-        f"{record.short_id} is already being resumed by run resume-elsewhere "
-        f"(claimed until {before.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC); "
-        "resume it after that run ends or its claim expires"
+        f"{record.short_id} is already being resumed by a resume whose flow run "
+        "has not started yet (lease ends "
+        f"{before.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC); wait for that resume "
+        "to end, or for its lease to end if its process died, then resume it"
     ]
     assert result.stdout == "1 incomplete execution: 1 not started\n"
     assert store.get(record.id) == before

@@ -316,7 +316,8 @@ def test_live_claim_refuses_a_resume() -> None:
     before = store.get(record.id)
 
     with pytest.raises(
-        ResumeError, match=r"already being resumed by.*resume-elsewhere"
+        ResumeError,
+        match=r"already being resumed by a resume whose flow run has not started yet",
     ):
         resume(record.short_id, set_inputs=fix(1))
 

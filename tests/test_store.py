@@ -588,11 +588,30 @@ def test_claim_refused_while_in_progress(store: Store) -> None:
         Status.IN_PROGRESS,
         "run-a",
     )
-    assert str(refusal).startswith(
+    assert str(refusal) == (
         f"incomplete execution {original.short_id} is already being resumed "
-        "by run run-a (claimed until 2025-03-01 12:01:00 UTC); resume it after"
+        "by a resume whose flow run has not started yet (lease ends 2025-03-01 "
+        "12:01:00 UTC); wait for that resume to end, or for its lease to end if "
+        "its process died, then resume it"
     )
     assert store.get(original.id) == first
+
+
+def test_claim_held_by_a_flow_run_names_the_run(store: Store) -> None:
+    """A claim a running flow run holds is refused naming that flow run's id."""
+    original = store.add(record())
+    flow_run_id = uuid4()
+    store.claim(original.id, str(flow_run_id), lease_seconds=60, now=T0)
+
+    with pytest.raises(ClaimRefused) as caught:
+        store.claim(original.id, "run-b", lease_seconds=60, now=T0)
+
+    assert str(caught.value) == (
+        f"incomplete execution {original.short_id} is already being resumed "
+        f"by flow run {flow_run_id} (lease ends 2025-03-01 12:01:00 UTC); wait "
+        "for that resume to end, or for its lease to end if its process died, "
+        "then resume it"
+    )
 
 
 @pytest.mark.parametrize(
@@ -824,7 +843,7 @@ def test_claim_refused_pickles(store: Store) -> None:
         refusal.holder,
     )
     assert str(copy) == str(refusal)
-    assert "until 2025-03-01 12:00:00 UTC" in str(copy)
+    assert "(lease ends 2025-03-01 12:00:00 UTC)" in str(copy)
 
 
 # --- a person's decisions -------------------------------------------------------
@@ -919,7 +938,7 @@ def test_discard_is_all_or_nothing(store: Store) -> None:
     with pytest.raises(ClaimRefused) as caught:
         store.discard([first.id, held.id])
     assert caught.value.holder == "run-1"
-    assert "discard it after that run ends" in str(caught.value)
+    assert str(caught.value).endswith("if its process died, then discard it")
 
     with pytest.raises(RecordNotFound):
         store.discard([first.id, uuid4()])
