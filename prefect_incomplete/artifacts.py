@@ -8,8 +8,9 @@ records. Events ``prefect-incomplete.<what>`` carry the record as resource and
 the flow run as related resource, for automations.
 
 Everything shown comes from previews, which are redacted when stored; text
-from errors and inputs is escaped so that it cannot add markdown or HTML to
-the page. Publishing is best effort: a failure is logged, never raised.
+from errors, inputs, step keys and task names is escaped so that it cannot add
+markdown or HTML to the page. Publishing is best effort: a failure is logged,
+never raised.
 """
 
 from __future__ import annotations
@@ -98,9 +99,9 @@ def render_markdown(record: IncompleteExecution) -> str:
     for step in record.failed_steps:
         lines += [
             "",
-            f"## Failed step `{step.key}`",
+            f"## Failed step {escape(step.key)}",
             "",
-            f"**Kind:** {step.kind or 'unclassified'}  ",
+            f"**Kind:** {escape(step.kind or 'unclassified')}  ",
             f"**Task:** {escape(step.task_name)}  ",
             "**Message:** (confidential)" if confidential else "**Message:**",
         ]
@@ -115,7 +116,7 @@ def render_markdown(record: IncompleteExecution) -> str:
 
     if record.completed_steps:
         lines += ["", "## Completed steps (replayed on resume)", ""]
-        lines += [f"- `{s.key}`" for s in record.completed_steps]
+        lines += [f"- {escape(s.key)}" for s in record.completed_steps]
 
     if record.status in (Status.UNRESOLVED, Status.SCHEDULED, Status.IN_PROGRESS):
         lines += [

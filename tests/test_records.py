@@ -490,6 +490,40 @@ def test_error_messages_quoting_secrets_are_scrubbed_regression() -> None:
         assert token not in text
 
 
+def test_step_and_task_names_cannot_break_the_artifact() -> None:
+    """A task name with backticks and newlines is escaped in headings and lists."""
+    name = "push `x`\n# Owned [y](z)"
+
+    @resumable
+    @task(name=name)
+    def fetch() -> int:
+        return 1
+
+    @resumable
+    @task(name=name)
+    def push(order: int) -> None:
+        raise errors.DataError("bad order")
+
+    @resumable
+    @flow
+    def job() -> None:
+        push(fetch())
+
+    state = run_state(job)
+
+    (record,) = Store().list()
+    lines = read_artifact(artifact_key(record)).data.splitlines()
+    shown = r"push \`x\` \# Owned \[y\]\(z\)"
+    assert state.name == "Incomplete"
+    assert [s.key for s in record.failed_steps] == [f"{name}[2]"]
+    assert f"## Failed step {shown}\\[2\\]" in lines
+    assert f"**Task:** {shown}  " in lines
+    assert f"- {shown}\\[1\\]" in lines
+    assert [line for line in lines if line.startswith("# ")] == [
+        f"# Incomplete execution `{record.short_id}`"
+    ]
+
+
 def test_error_text_cannot_inject_markup() -> None:
     """Markup in an error message or an input stays inert text in the artifact."""
     evil = "<script>alert(1)</script> **bold** [x](y) ```"
