@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
@@ -12,6 +13,8 @@ __all__ = ["resumable"]
 T = TypeVar("T", bound="Task[Any, Any] | Flow[Any, Any]")
 
 _TASK_OPTIONS = ("step", "policies")
+_STEP_NAME = re.compile(r"[\w-]+")
+"""What `--set STEP[N].ARG=VALUE` can name: no '.', '[', ']', '=' or spaces."""
 _FLOW_OPTIONS = (
     "store",
     "auto_retry_schedule",
@@ -61,7 +64,8 @@ def resumable(obj: Any = None, /, **options: Any) -> Any:
     ``flow_quota_count`` and ``flow_quota_bytes``.
 
     Misuse (a negative count, a policy for an unknown or non-retryable kind,
-    a task option on a flow) raises at decoration time.
+    a task option on a flow, a ``step`` name that is not letters, digits, ``_``
+    and ``-``) raises at decoration time.
     """
     unknown = sorted(set(options) - {*_TASK_OPTIONS, *_FLOW_OPTIONS})
     if unknown:
@@ -70,9 +74,20 @@ def resumable(obj: Any = None, /, **options: Any) -> Any:
             f"{', '.join(_TASK_OPTIONS)} for tasks and {', '.join(_FLOW_OPTIONS)} "
             "for flows"
         )
+    _check_step(options.get("step"))
     if obj is None:
         return lambda target: _apply(target, options)
     return _apply(obj, options)
+
+
+def _check_step(step: Any) -> None:
+    if step is None or (isinstance(step, str) and _STEP_NAME.fullmatch(step)):
+        return
+    raise ValueError(
+        f"resumable(step={step!r}) cannot name a step: use letters, digits, _ and "
+        "- only, as prefect-incomplete resume --set STEP[N].ARG=VALUE names the "
+        "step by it"
+    )
 
 
 def _apply(obj: Any, options: dict[str, Any]) -> Any:

@@ -431,6 +431,27 @@ class TestBadInputFailsAtDecoration:
         with pytest.raises(TypeError, match="option of a resumable task"):
             resumable(step="x")(flow(lambda: 1))
 
+    @pytest.mark.parametrize(
+        "step", ["", "push.order", "push[2]", "push]", "a=b", "push order", "a\nb", 3]
+    )
+    def test_step_name_that_set_cannot_name(self, step: object) -> None:
+        """A step name --set STEP[N].ARG=VALUE could not parse is refused."""
+        with pytest.raises(ValueError, match="cannot name a step") as caught:
+            resumable(step=step)(task(lambda: 1))
+
+        assert str(caught.value) == (
+            f"resumable(step={step!r}) cannot name a step: use letters, digits, _ "
+            "and - only, as prefect-incomplete resume --set STEP[N].ARG=VALUE names "
+            "the step by it"
+        )
+
+    @pytest.mark.parametrize("step", ["push_order", "push-order-2", "étape"])
+    def test_step_names_that_set_can_name(self, step: str) -> None:
+        """Letters, digits, _ and - make a step name."""
+        decorated = resumable(step=step)(task(lambda: 1))
+
+        assert decorated._incomplete.step == step
+
     def test_bad_global_setting(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A global policy for an unknown kind fails when a task is decorated."""
         monkeypatch.setenv("PREFECT_INCOMPLETE_POLICIES", '{"Nope": {}}')
