@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Annotated, Any, Final, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, ParamSpec, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -37,10 +37,14 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-try:  # typer 0.26 and later carry their own copy of click
-    from typer._click.exceptions import UsageError
-except ImportError:  # older typer runs on click itself
-    from click.exceptions import UsageError  # type: ignore[assignment]  # same role
+# click's UsageError, as the typer in use raises it: typer 0.26 and later carry
+# their own copy of click, older ones use click itself. typer exports only its
+# subclass BadParameter, so take the class from there rather than a private
+# module.
+if TYPE_CHECKING:
+    from click.exceptions import UsageError
+else:
+    UsageError = typer.BadParameter.__bases__[0]
 
 from prefect_incomplete import _controls, artifacts, errors
 from prefect_incomplete import resume as resuming
