@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+)
 from prefect.client.schemas.sorting import ArtifactSort
 
 
@@ -44,3 +49,24 @@ def read_artifacts(key: str) -> list[Any]:
                 sort=ArtifactSort.CREATED_DESC,
             )
         )
+
+
+def task_run_states(
+    flow_run_id: Any, expected: Counter[str], timeout: float = 30
+) -> Counter[str]:
+    """How many task runs of a flow run are in each state name, once they match
+    `expected` or `timeout` has passed.
+
+    Prefect records task runs from the events a flow run sends, a moment after
+    the run ends: on a busy machine the last states arrive late.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]})
+            )
+        seen = Counter(str(run.state.name) for run in runs if run.state)
+        if seen == expected or time.monotonic() >= deadline:
+            return seen
+        time.sleep(0.5)
