@@ -43,7 +43,7 @@ def read_artifact(key: str) -> Any:
 
 def read_logs(flow_run_id: Any) -> str:
     """Every log line of a flow run, as the Prefect server holds them."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     text = ""
     while time.monotonic() < deadline:
         with get_client(sync_client=True) as client:
