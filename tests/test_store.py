@@ -645,6 +645,20 @@ def test_claim_after_lease_expired(store: Store) -> None:
     assert claimed.lease_expires_at == later + timedelta(seconds=60)
 
 
+def fail_again(store: Store, record_id: UUID, *, holder: str) -> None:
+    """Record a failed resume of `record_id` by `holder`, as a resumed run does."""
+    store.record_failure(
+        record_id,
+        holder=holder,
+        flow_run_id=uuid4(),
+        failed_steps=[failed("push_order[2]")],
+        completed_steps=[],
+        status=Status.UNRESOLVED,
+        next_retry_at=None,
+        disposition=Disposition.MANUAL,
+    )
+
+
 def test_lost_claim_changes_nothing_regression(store: Store) -> None:
     """A resume whose claim was taken over can neither record nor resolve."""
     original = store.add(record())
@@ -654,16 +668,7 @@ def test_lost_claim_changes_nothing_regression(store: Store) -> None:
     )
 
     with pytest.raises(ClaimLost, match="claimed by another resume"):
-        store.record_failure(
-            original.id,
-            holder="stalled-run",
-            flow_run_id=uuid4(),
-            failed_steps=[failed("push_order[2]")],
-            completed_steps=[],
-            status=Status.UNRESOLVED,
-            next_retry_at=None,
-            disposition=Disposition.MANUAL,
-        )
+        fail_again(store, original.id, holder="stalled-run")
     with pytest.raises(ClaimLost):
         store.resolve(original.id, flow_run_id=uuid4(), holder="stalled-run")
 
@@ -677,16 +682,7 @@ def test_closed_record_is_not_reopened_by_its_old_resume(store: Store) -> None:
     (discarded,) = store.discard([original.id])
 
     with pytest.raises(ClaimLost, match="the record is discarded now"):
-        store.record_failure(
-            original.id,
-            holder="stalled-run",
-            flow_run_id=uuid4(),
-            failed_steps=[failed("push_order[2]")],
-            completed_steps=[],
-            status=Status.UNRESOLVED,
-            next_retry_at=None,
-            disposition=Disposition.MANUAL,
-        )
+        fail_again(store, original.id, holder="stalled-run")
 
     assert store.get(original.id) == discarded
 
