@@ -138,6 +138,7 @@ def resume(
     params: Mapping[str, Any] | None = None,
     via: Via = "auto",
     store: Any = None,
+    due_by: datetime | None = None,
 ) -> ResumeStarted:
     """Resume an incomplete execution as a new flow run.
 
@@ -146,6 +147,8 @@ def resume(
     value of the failed step's input; `params` maps flow parameter names to new
     values. Raises `ResumeError` with one clear sentence when the record cannot
     be resumed or an edit is wrong; nothing runs then and the record is as it was.
+    With `due_by`, as automatic retries use it, the record is resumed only if
+    it is still scheduled for a retry due by then (`RecordUnavailable` if not).
     """
     from prefect_incomplete.store import ClaimRefused, Store, StoreError
 
@@ -170,7 +173,10 @@ def resume(
     token = f"resume-{uuid4()}"
     try:
         record = store.claim(
-            record.id, token, lease_seconds=get_settings().lease_seconds
+            record.id,
+            token,
+            lease_seconds=get_settings().lease_seconds,
+            due_by=due_by,
         )
     except ClaimRefused as exc:
         raise RecordUnavailable(str(exc), exc.record_id, exc.status) from exc
@@ -629,7 +635,7 @@ def retry_due(
         if len(running) >= concurrency:
             continue
         try:
-            outcomes.append(resume(record.id, store=store))
+            outcomes.append(resume(record.id, store=store, due_by=now))
         except ResumeError as exc:
             outcomes.append(exc)
         except Exception as exc:  # one record's failure must not stop the pass

@@ -775,6 +775,9 @@ def _claim_is_live(row: ExecutionRow, now: datetime) -> bool:
     return row.lease_expires_at is None or row.lease_expires_at >= now
 
 
+_WAITING = (Status.UNRESOLVED.value, Status.SCHEDULED.value)
+
+
 def _check_holder(row: ExecutionRow, holder: str | None) -> None:
     """Raise `ClaimLost` unless `holder` (if given) holds the row's claim."""
     if holder is None:
@@ -1120,11 +1123,14 @@ class Store:
         *,
         lease_seconds: float,
         now: datetime | None = None,
+        due_by: datetime | None = None,
     ) -> IncompleteExecution:
         """Take the record for one resume, atomically, or raise `ClaimRefused`.
 
         An unresolved or scheduled record can be claimed, and so can one in
-        progress whose lease ended before `now`.
+        progress whose lease ended before `now`. With `due_by` (an automatic
+        retry), only a scheduled record whose retry is due by then can: one
+        that another worker retried in the meantime is refused.
         """
         now = _utc(now) if now is not None else _now()
         lease_end = _lease_end(now, lease_seconds)
@@ -1135,6 +1141,10 @@ class Store:
             ExecutionRow.status.in_([Status.UNRESOLVED.value, Status.SCHEDULED.value]),
             (ExecutionRow.status == Status.IN_PROGRESS.value) & lapsed,
         )
+        if due_by is not None:
+            claimable = (ExecutionRow.status == Status.SCHEDULED.value) & (
+                ExecutionRow.next_retry_at <= _utc(due_by)
+            )
         statement = (
             update(ExecutionRow)
             .where(ExecutionRow.id == str(record_id), claimable)
@@ -1151,6 +1161,13 @@ class Store:
 
         if row is None:
             raise _not_found(str(record_id))
+        if not won and due_by is not None and row.status in _WAITING:
+            raise ClaimRefused(
+                UUID(row.id),
+                Status(row.status),
+                message=f"incomplete execution {row.id[:8]} is no longer due: "
+                "another worker retried it in the meantime",
+            )
         if not won:
             raise _refuse(row, "resume")
 

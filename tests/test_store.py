@@ -698,6 +698,32 @@ def test_holder_of_the_claim_resolves(store: Store) -> None:
     assert done.claimed_by is None
 
 
+def test_due_claim_refuses_a_record_retried_in_the_meantime(store: Store) -> None:
+    """A worker that listed a record as due cannot claim it once another retried it."""
+    original = store.add(
+        record(
+            status=Status.SCHEDULED,
+            disposition=Disposition.AUTO_RETRY,
+            next_retry_at=T0,
+        )
+    )
+    due_by = T0 + timedelta(seconds=1)
+    store.claim(original.id, "worker-a", lease_seconds=60, due_by=due_by)
+    store.release(
+        original.id,
+        "worker-a",
+        status=Status.SCHEDULED,
+        next_retry_at=T0 + timedelta(minutes=10),
+    )
+    rescheduled = store.get(original.id)
+
+    with pytest.raises(ClaimRefused, match="no longer due") as caught:
+        store.claim(original.id, "worker-b", lease_seconds=60, due_by=due_by)
+
+    assert caught.value.status is Status.SCHEDULED
+    assert store.get(original.id) == rescheduled
+
+
 def test_claim_unknown_record(store: Store) -> None:
     """Claiming an unknown id raises RecordNotFound."""
     with pytest.raises(RecordNotFound):
