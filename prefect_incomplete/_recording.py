@@ -67,10 +67,12 @@ def store_failure(
         failed = [
             _failed_step(s, secret, secrets) for s in settled if s.outcome == "failed"
         ]
-        completed = [_step_output(s, secret) for s in settled if s.outcome in _DONE]
+        completed = [
+            _step_output(s, secret, secrets) for s in settled if s.outcome in _DONE
+        ]
         store = Store()
         if ledger.record is None:
-            new = _new_record(context, config, failed, completed, secret)
+            new = _new_record(context, config, failed, completed, secret, secrets)
             refused = _over_quota(store, settings, new, exc, step)
             if refused is not None:
                 return refused if refused.name != "Dropped" else None
@@ -216,6 +218,7 @@ def _failed_step(step: Step, confidential: bool, secrets: set[str]) -> FailedSte
                 name=name,
                 what=f"input {name!r} of step {step.key}",
                 confidential=confidential,
+                secrets=secrets,
             )
             for name, value in inputs.items()
         },
@@ -240,7 +243,7 @@ def user_traceback(exc: BaseException) -> str:
     return "".join(summary.format())
 
 
-def _step_output(step: Step, confidential: bool) -> StepOutput:
+def _step_output(step: Step, confidential: bool, secrets: set[str]) -> StepOutput:
     from prefect_incomplete._serialize import encode, fingerprint_parameters
     from prefect_incomplete.models import StepOutput
 
@@ -252,7 +255,10 @@ def _step_output(step: Step, confidential: bool) -> StepOutput:
         task_run_id=step.task_run_id,
         inputs_fingerprint=fingerprint_parameters(step.identity),
         output=encode(
-            step.output, what=f"output of step {step.key}", confidential=confidential
+            step.output,
+            what=f"output of step {step.key}",
+            confidential=confidential,
+            secrets=secrets,
         ),
     )
 
@@ -286,6 +292,7 @@ def _new_record(
     failed: list[FailedStep],
     completed: list[StepOutput],
     confidential: bool,
+    secrets: set[str],
 ) -> IncompleteExecution:
     from prefect_incomplete.models import IncompleteExecution, Status
 
@@ -301,7 +308,7 @@ def _new_record(
         last_flow_run_id=flow_run.id,
         deployment_id=flow_run.deployment_id,
         entrypoint=_entrypoint(context),
-        parameters=_parameters(context, confidential),
+        parameters=_parameters(context, confidential, secrets),
         confidential=confidential,
         failed_steps=failed,
         completed_steps=completed,
@@ -341,7 +348,9 @@ def _update_record(
     return updated
 
 
-def _parameters(context: FlowRunContext, confidential: bool) -> dict[str, Any]:
+def _parameters(
+    context: FlowRunContext, confidential: bool, secrets: set[str]
+) -> dict[str, Any]:
     from prefect_incomplete._flow import RESUME_PARAMETER
     from prefect_incomplete._serialize import encode
 
@@ -349,7 +358,11 @@ def _parameters(context: FlowRunContext, confidential: bool) -> dict[str, Any]:
     parameters.pop(RESUME_PARAMETER, None)
     return {
         name: encode(
-            value, name=name, what=f"flow parameter {name!r}", confidential=confidential
+            value,
+            name=name,
+            what=f"flow parameter {name!r}",
+            confidential=confidential,
+            secrets=secrets,
         )
         for name, value in parameters.items()
     }
@@ -382,7 +395,8 @@ def _message(record: IncompleteExecution, step: Step) -> str:
     more = len(record.failed_steps) - 1
     if more > 0:
         what += f" (and {more} more failed step{'s' if more > 1 else ''})"
-    head = f"Incomplete execution {record.short_id} stored: {what}."
+    done = "stored" if record.attempts == 1 else f"updated (attempt {record.attempts})"
+    head = f"Incomplete execution {record.short_id} {done}: {what}."
     if record.next_retry_at is not None:
         when = record.next_retry_at.strftime("%Y-%m-%d %H:%M:%S UTC")
         head += f" It is retried automatically at {when}."

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 from pydantic import BaseModel, SecretBytes, SecretStr
@@ -85,15 +85,21 @@ CONFIDENTIAL = "(confidential)"
 
 
 def encode(
-    value: Any, *, name: str = "", what: str = "value", confidential: bool = False
+    value: Any,
+    *,
+    name: str = "",
+    what: str = "value",
+    confidential: bool = False,
+    secrets: Set[str] = frozenset(),
 ) -> Encoded:
-    """Store `value`; `name` (a parameter or key) decides redaction of the preview.
+    """Store `value`; `name` (a parameter or key) decides redaction of the preview,
+    and any of the run's `secrets` found in the preview's text is redacted too.
 
     Raises `ValueTooLarge`, naming `what`, when the stored form is larger than
     the ``max_value_bytes`` setting.
     """
     settings = get_settings()
-    text = CONFIDENTIAL if confidential else preview(value, name=name)
+    text = CONFIDENTIAL if confidential else preview(value, name=name, secrets=secrets)
     fmt, payload = _payload(value, allow_pickle=settings.allow_pickle)
 
     size = len(payload)
@@ -105,7 +111,19 @@ def encode(
         )
 
     digest = _digest(fmt, payload, value)
-    return Encoded(format=fmt, payload=payload, preview=text, fingerprint=digest)
+    return Encoded(
+        format=fmt,
+        payload=payload,
+        preview=text,
+        fingerprint=digest,
+        holds_secret=bool(secrets) and _quotes(value, secrets),
+    )
+
+
+def _quotes(value: Any, secrets: Set[str]) -> bool:
+    """Whether the text of `value` contains one of `secrets`."""
+    text = _render(_redacted(value))
+    return any(secret in text for secret in secrets)
 
 
 def decode(encoded: Encoded) -> Any:
@@ -183,11 +201,11 @@ def _same_types(loaded: Any, value: Any) -> bool:
     return True
 
 
-def preview(value: Any, *, name: str = "") -> str:
+def preview(value: Any, *, name: str = "", secrets: Set[str] = frozenset()) -> str:
     """A short, redacted text of `value` for people."""
     if name and is_secret_name(name):
         return REDACTED
-    text = scrub(_render(_redacted(value)), set())
+    text = scrub(_render(_redacted(value)), secrets)
     if len(text) > PREVIEW_CHARS:
         text = text[: PREVIEW_CHARS - 1] + "…"
     return text
@@ -243,7 +261,7 @@ def _block_secret(block: Any) -> Any:
         return None
 
 
-def scrub(text: str, secrets: set[str]) -> str:
+def scrub(text: str, secrets: Set[str]) -> str:
     """`text` with each of `secrets` and each credential-looking value redacted."""
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
@@ -255,9 +273,12 @@ def shown(encoded: Encoded, *, name: str = "") -> Any:
     """A stored value as JSON for scripts (``--json``), redacted like its preview.
 
     A JSON value comes back as itself, with credentials replaced; anything
-    else (a pickle, a value not stored, a confidential one) as its preview text.
+    else (a pickle, a value not stored, a confidential one, one that quotes a
+    secret of its run) as its preview text.
     """
     if encoded.format != "json" or encoded.preview == CONFIDENTIAL:
+        return encoded.preview
+    if encoded.holds_secret:
         return encoded.preview
     if name and is_secret_name(name):
         return REDACTED

@@ -125,7 +125,7 @@ def render_markdown(record: IncompleteExecution) -> str:
             "",
             _code(resume_command(record)),
             "",
-            f"Correct an input with `--set {_set_example(record)}`, a flow parameter "
+            f"Correct an input with `--set '{_set_example(record)}'`, a flow parameter "
             "with `--param NAME=VALUE`; discard with "
             f"`prefect-incomplete discard {record.short_id}`.",
         ]

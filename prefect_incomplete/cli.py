@@ -644,7 +644,7 @@ def _next_steps(record: IncompleteExecution) -> list[RenderableType]:
     rows = [("resume", f"{COMMAND} resume {name}")]
     step = next((s for s in record.failed_steps if s.inputs), None)
     if step is not None:
-        example = f"--set {step.key}.{next(iter(step.inputs))}=VALUE"
+        example = f"--set '{step.key}.{next(iter(step.inputs))}=VALUE'"
         rows.append(("correct an input", example))
     if record.parameters:
         rows.append(

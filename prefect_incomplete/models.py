@@ -73,6 +73,10 @@ class Encoded(BaseModel):
     fingerprint: str
     """sha256 of format and payload: equal inputs give equal fingerprints."""
 
+    holds_secret: bool = False
+    """The value quotes one of its run's secrets: it is shown only as the
+    preview, in which that secret is redacted."""
+
     @property
     def size(self) -> int:
         """Bytes this value takes in the store."""

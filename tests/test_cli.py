@@ -425,7 +425,7 @@ def test_show_by_prefix_shows_the_whole_record(
         "fetch_orders[1]",
         "[{'id': 17}]",
         f"prefect-incomplete resume {record.short_id}",
-        "--set push_order[2].order=VALUE",
+        "--set 'push_order[2].order=VALUE'",
         f"prefect-incomplete discard {record.short_id}",
     ):
         assert text in result.stdout, text

@@ -447,7 +447,7 @@ def test_error_messages_quoting_secrets_are_scrubbed_regression() -> None:
 
     @resumable
     @task
-    def push(order: str, url: str, api_key: SecretStr) -> None:
+    def push(order: str, url: str, api_key: SecretStr, note: str) -> None:
         if order == "order-1":
             raise errors.InvalidAccessTokenError(
                 f"refused key {api_key.get_secret_value()}"
@@ -457,7 +457,9 @@ def test_error_messages_quoting_secrets_are_scrubbed_regression() -> None:
     @resumable
     @flow(name="quoting-flow")
     def job(api_key: SecretStr, url: str) -> None:
-        pushes = [push.submit(o, url, api_key) for o in [*fetch(api_key), "order-2"]]
+        note = f"signed with {api_key.get_secret_value()}"  # a secret, plainly named
+        orders = [*fetch(api_key), "order-2"]
+        pushes = [push.submit(o, url, api_key, note) for o in orders]
         for future in pushes:
             future.wait()
         for future in pushes:
@@ -475,6 +477,8 @@ def test_error_messages_quoting_secrets_are_scrubbed_regression() -> None:
     )
     assert f"access_token={REDACTED}" in record.failed_steps[1].message
     assert decode(record.parameters["url"]) == url
+    assert decode(record.failed_steps[0].inputs["note"]) == f"signed with {secret}"
+    assert record.failed_steps[0].inputs["note"].preview == f'"signed with {REDACTED}"'
 
     artifact = read_artifact(artifact_key(record))
     runner = CliRunner()
