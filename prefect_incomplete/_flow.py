@@ -331,6 +331,7 @@ class _Run:
             if note is None:
                 raise exc
             return Failed(message=f"{type(exc).__name__}: {exc}. {note}", data=exc)
+        _retrying.pop(flow_run_id_of(self.context), None)  # type: ignore[arg-type]  # None is never a key
         if note is not None:
             state.message = f"{state.message} {note}"
         return state
