@@ -87,8 +87,8 @@ _retrying: dict[UUID, UUID] = {}
 """Flow run id -> record id: resumed runs whose own flow retries go on.
 
 Prefect runs a flow's retries in the same process, calling the flow's function
-again; the next attempt finds here which record the run resumes, keeps the
-claim and replays the record again."""
+again. An attempt that fails with retries left puts its record here; the next
+attempt takes it out, keeps the claim and replays the record again."""
 
 
 def make_resumable_flow(flow: Flow[Any, Any], config: FlowConfig) -> Flow[Any, Any]:
@@ -241,9 +241,9 @@ class _Run:
         pending = pending_resume.get()
         if pending is not None:
             pending_resume.set(None)
-        run_id = flow_run_id_of(context)
-        if record_id is None and pending is None and run_id is not None:
-            record_id = _retrying.get(run_id)
+        retried = _retrying.pop(flow_run_id_of(context), None)  # type: ignore[arg-type]  # None is never a key
+        if record_id is None and pending is None:
+            record_id = retried
         if record_id or pending is not None:
             from prefect_incomplete._controls import settings_for
             from prefect_incomplete._resuming import take_over
@@ -313,7 +313,6 @@ class _Run:
         self.stop_lease()
         if self.ledger.record is None:
             return
-        _retrying.pop(flow_run_id_of(self.context), None)  # type: ignore[arg-type]  # None is never a key
         from prefect_incomplete._resuming import resolved
 
         resolved(self.ledger, self.context)
@@ -331,7 +330,6 @@ class _Run:
             if note is None:
                 raise exc
             return Failed(message=f"{type(exc).__name__}: {exc}. {note}", data=exc)
-        _retrying.pop(flow_run_id_of(self.context), None)  # type: ignore[arg-type]  # None is never a key
         if note is not None:
             state.message = f"{state.message} {note}"
         return state
@@ -346,9 +344,8 @@ class _Run:
         if record is None or context is None or context.flow_run is None:
             return
         if flow_retries_left(context):
-            _retrying[context.flow_run.id] = record.id
+            _retrying[context.flow_run.id] = record.id  # read by the next attempt
             return
-        _retrying.pop(context.flow_run.id, None)
         release(self.ledger, context)
 
     def crashed(self) -> None:
@@ -358,7 +355,6 @@ class _Run:
             return
         from prefect_incomplete._resuming import release
 
-        _retrying.pop(flow_run_id_of(self.context), None)  # type: ignore[arg-type]  # None is never a key
         release(self.ledger, self.context, crashed=True)
 
     def _count_error(self, exc: Exception, step: Step | None) -> str | None:

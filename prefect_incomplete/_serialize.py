@@ -276,9 +276,8 @@ def shown(encoded: Encoded, *, name: str = "") -> Any:
     else (a pickle, a value not stored, a confidential one, one that quotes a
     secret of its run) as its preview text.
     """
-    if encoded.format != "json" or encoded.preview == CONFIDENTIAL:
-        return encoded.preview
-    if encoded.holds_secret:
+    hidden = encoded.holds_secret or encoded.preview == CONFIDENTIAL
+    if encoded.format != "json" or hidden:
         return encoded.preview
     if name and is_secret_name(name):
         return REDACTED
@@ -292,7 +291,7 @@ def _redacted_json(value: Any) -> Any:
             for key, item in value.items()
         }
     if isinstance(value, list):
-        if len(value) == 2 and isinstance(value[0], str) and is_secret_name(value[0]):
+        if _is_secret_pair(value):  # a header pair: JSON made the tuple a list
             return [value[0], REDACTED]
         return [_redacted_json(item) for item in value]
     if isinstance(value, str):
@@ -311,7 +310,7 @@ def _redacted(value: Any) -> Any:
             k: _Redacted() if isinstance(k, str) and is_secret_name(k) else _redacted(v)
             for k, v in value.items()
         }
-    if _is_secret_pair(value):
+    if isinstance(value, tuple) and _is_secret_pair(value):
         return (value[0], _Redacted())
     if isinstance(value, list | tuple | set | frozenset):
         items = [_redacted(v) for v in value]
@@ -322,7 +321,7 @@ def _redacted(value: Any) -> Any:
 def _is_secret_pair(value: Any) -> bool:
     """A ``(name, value)`` pair, as headers often are, named like a credential."""
     return (
-        isinstance(value, tuple)
+        isinstance(value, tuple | list)
         and len(value) == 2
         and isinstance(value[0], str)
         and is_secret_name(value[0])

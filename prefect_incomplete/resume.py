@@ -386,7 +386,7 @@ def _param_edits(
             break
         else:
             raise ResumeError(
-                f"--param rejected by flow {record.flow_name}: {_one_line(problem)}"
+                f"--param rejected by flow {record.flow_name}: {_refusal_line(problem)}"
             )
     return chosen
 
@@ -407,7 +407,7 @@ def _quiet_parameter_log() -> Iterator[None]:
         flows_logger.removeFilter(drop)
 
 
-def _one_line(problem: Exception | None) -> str:
+def _refusal_line(problem: Exception | None) -> str:
     """Prefect's multi-line refusal as one line."""
     lines = [line.strip(" -") for line in str(problem).splitlines()]
     head, *reasons = [line for line in lines if line]

@@ -1138,7 +1138,7 @@ class Store:
             ExecutionRow.lease_expires_at < now
         )
         claimable = or_(
-            ExecutionRow.status.in_([Status.UNRESOLVED.value, Status.SCHEDULED.value]),
+            ExecutionRow.status.in_(_WAITING),
             (ExecutionRow.status == Status.IN_PROGRESS.value) & lapsed,
         )
         if due_by is not None:
