@@ -378,11 +378,15 @@ def _param_edits(
         for candidate in _candidates(value):
             try:
                 with _quiet_parameter_log():
-                    flow.validate_parameters({**current, **chosen, name: candidate})
+                    valid = flow.validate_parameters(
+                        {**current, **chosen, name: candidate}
+                    )
             except ParameterTypeError as exc:
                 problem = problem or exc
                 continue
-            chosen[name] = candidate
+            # The value as the signature makes it (a `SecretStr` from text, say):
+            # a resume passes the record's parameters to the flow as they are.
+            chosen[name] = valid.get(name, candidate)
             break
         else:
             raise ResumeError(

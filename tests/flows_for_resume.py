@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 from prefect import flow, task
+from pydantic import SecretStr
 
 from prefect_incomplete import errors, resumable
 
@@ -170,3 +171,13 @@ async def price_later(order: dict[str, Any]) -> dict[str, Any]:
 @flow
 async def orders_gathered(day: str = "2026-12-01") -> list[dict[str, Any]]:
     return list(await asyncio.gather(*[price_later(order) for order in fetch(day)]))
+
+
+FIRST_KEY = SecretStr("key-of-the-first-run")
+
+
+@resumable
+@flow
+def orders_keyed(day: str = "2026-12-01", api_key: SecretStr = FIRST_KEY) -> list[str]:
+    CALLS[f"signed-with-{api_key.get_secret_value()}"] += 1
+    return [push(price(order)) for order in fetch(day)]

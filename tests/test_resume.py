@@ -395,6 +395,24 @@ class TestBadInputChangesNothing:
         assert "batch: Input should be a valid integer" in message
         assert not [line for line in seen if "pw-SECRET-5150" in line]
 
+    def test_edited_secret_parameter_keeps_its_type_regression(self) -> None:
+        """--param api_key=TEXT reaches a `SecretStr` parameter as a SecretStr."""
+        from pydantic import SecretStr
+
+        from prefect_incomplete._serialize import decode
+
+        record = first_run(flows.orders_keyed)
+
+        started = resume(
+            record.short_id, set_inputs=fix(3), params={"api_key": "key-77-new"}
+        )
+
+        assert started.state_name == "Completed"
+        assert flows.CALLS["signed-with-key-77-new"] == 1
+        stored = decode(Store().get(record.id).parameters["api_key"])
+        assert isinstance(stored, SecretStr)
+        assert stored.get_secret_value() == "key-77-new"
+
     def test_entrypoint_that_no_longer_imports(self) -> None:
         """A record whose flow cannot be imported any more is refused, unchanged."""
         record = first_run()
