@@ -82,6 +82,11 @@ _PURGED_BY_DEFAULT: Final = (Status.RESOLVED, Status.DISCARDED)
 _STATUS_ORDER: Final = tuple(Status)
 _CONFIDENTIAL: Final = "(confidential)"
 _DEACTIVATED: Final = "consecutive-errors"
+MAX_LIMIT: Final = 1_000_000
+"""Most records `ls --limit` can ask for."""
+MAX_INTERVAL: Final = 86_400
+"""Longest pause between two passes of the worker, in seconds."""
+
 _VALUE_PROBLEMS: Final = {
     "int_parsing": "is not a whole number",
     "float_parsing": "is not a number",
@@ -531,8 +536,8 @@ def list_records(
     """List incomplete executions, newest first."""
     statuses = _statuses(status) or None
     kind_name = _kind(kind) if kind is not None else None
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be 1 or more, not {limit}")
+    if limit is not None and not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"--limit must be from 1 to {MAX_LIMIT}, not {limit}")
 
     records = Store().list(flow=flow, statuses=statuses, kind=kind_name, limit=limit)
 
@@ -917,8 +922,11 @@ def worker(
     ] = False,
 ) -> None:
     """Retry the due incomplete executions, every --interval seconds until stopped."""
-    if not interval > 0:
-        raise ValueError(f"--interval must be more than 0 seconds, not {interval:g}")
+    if not 0 < interval <= MAX_INTERVAL:
+        raise ValueError(
+            f"--interval must be more than 0 and at most {MAX_INTERVAL} seconds "
+            f"(a day), not {interval:g}"
+        )
     store = Store()
 
     if once:

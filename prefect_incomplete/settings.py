@@ -33,6 +33,10 @@ DEFAULT_AUTO_RETRY_SCHEDULE = (60, 600, 600, 1800, 1800, 1800, 10800, 10800)
 """Seconds between automatic retries of a stored record, as on the platforms."""
 
 
+MAX_LEASE_SECONDS = 366 * 24 * 3600
+"""The longest claim lease the store can keep: a year."""
+
+
 class Settings(BaseSettings):
     """Every setting of the plugin, with its default."""
 
@@ -161,6 +165,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=3600,
         gt=0,
+        le=MAX_LEASE_SECONDS,
         description=(
             "How long a resume's claim on a record lasts without renewal. A "
             "claim whose run died can be taken again after this time."
@@ -172,10 +177,9 @@ class Settings(BaseSettings):
     def _known_kinds(
         cls, value: dict[str, dict[str, Any]]
     ) -> dict[str, dict[str, Any]]:
-        from prefect_incomplete.errors import kind_named
+        from prefect_incomplete.policy import resolve_policies
 
-        for name in value:
-            kind_named(name)
+        resolve_policies(value)  # unknown kinds and out-of-range fields refused
         return value
 
     @field_validator("purge_after")
@@ -292,7 +296,8 @@ def _expected(name: str) -> str:
     shape = _SHAPES_BY_NAME.get(name) or _SHAPES.get(field.annotation, "text")
     bounds = [f"of {m.ge:g} or more" for m in field.metadata if hasattr(m, "ge")]
     bounds += [f"more than {m.gt:g}" for m in field.metadata if hasattr(m, "gt")]
-    return " ".join([shape, *bounds])
+    bounds += [f"at most {m.le:.0f}" for m in field.metadata if hasattr(m, "le")]
+    return " ".join([shape, " and ".join(bounds)] if bounds else [shape])
 
 
 def _raw(name: str) -> str | None:

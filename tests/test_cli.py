@@ -388,6 +388,7 @@ def test_ls_with_nothing_to_show(runner: CliRunner, store: Store) -> None:
         (["--status", "resolved,nope"], "resolved, discarded"),
         (["--kind", "TimeoutError"], "ConnectionError, RateLimitError"),
         (["--limit", "0"], "--limit"),
+        (["--limit", "99999999999999999999999"], "from 1 to 1000000"),
     ],
 )
 def test_ls_bad_filter_is_one_line(
@@ -592,7 +593,8 @@ def test_store_that_cannot_open_is_one_line(
             "abc",
             "error: PREFECT_INCOMPLETE_LEASE_SECONDS='abc' is not valid (input "
             "should be a valid number, unable to parse string as a number); set it "
-            "to a number more than 0, or unset it to use the default",
+            "to a number more than 0 and at most 31622400, or unset it to use the "
+            "default",
         ),
     ],
 )
@@ -1361,11 +1363,11 @@ def test_worker_survives_a_failed_pass_and_stops_on_ctrl_c(
     assert result.stdout.strip().endswith("Stopped.")
 
 
-@pytest.mark.parametrize("interval", ["0", "-1"])
+@pytest.mark.parametrize("interval", ["0", "-1", "1e400"])
 def test_worker_refuses_a_bad_interval(
     runner: CliRunner, store: Store, interval: str
 ) -> None:
-    """--interval must be positive."""
+    """--interval must be positive and at most a day."""
     assert "--interval" in one_error_line(run(runner, "worker", "--interval", interval))
 
 

@@ -14,7 +14,7 @@ BAD_VALUES = [
         "abc",
         "PREFECT_INCOMPLETE_LEASE_SECONDS='abc' is not valid (input should be a "
         "valid number, unable to parse string as a number); set it to a number "
-        "more than 0, or unset it to use the default",
+        "more than 0 and at most 31622400, or unset it to use the default",
     ),
     (
         "PREFECT_INCOMPLETE_FLOW_QUOTA_COUNT",
@@ -100,8 +100,8 @@ def test_every_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         "PREFECT_INCOMPLETE_STORE='maybe' is not valid (input should be a valid "
         "boolean, unable to interpret input); set it to true or false, or unset "
         "it to use the default; also PREFECT_INCOMPLETE_LEASE_SECONDS='0' is not "
-        "valid (input should be greater than 0); set it to a number more than 0, "
-        "or unset it to use the default"
+        "valid (input should be greater than 0); set it to a number more than 0 "
+        "and at most 31622400, or unset it to use the default"
     )
 
 
@@ -114,3 +114,20 @@ def test_corrected_variable_is_read_again(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("PREFECT_INCOMPLETE_LEASE_SECONDS", "120")
 
     assert get_settings().lease_seconds == 120
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PREFECT_INCOMPLETE_LEASE_SECONDS", "1e400"),
+        ("PREFECT_INCOMPLETE_POLICIES", '{"RateLimitError": {"attempts": -1}}'),
+    ],
+)
+def test_values_the_plugin_cannot_use_are_refused_when_read(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """An endless lease or a negative retry count is refused by name at once."""
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(InvalidSettingError, match=f"^{variable}="):
+        get_settings()
